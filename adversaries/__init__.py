@@ -1,0 +1,1 @@
+"""Built-in adversaries: one module per family."""

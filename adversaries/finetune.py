@@ -1,0 +1,35 @@
+"""Full fine-tuning: every parameter, any optimizer and schedule of ``OptimConfig``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from nftbench.api import Adversary, AttackContext, Release
+from nftbench.registry import PluginConfig, register_adversary
+from nftbench.train import OptimConfig, TrainResult
+
+
+class FullFineTuneConfig(OptimConfig, PluginConfig):
+    """Budget and optimizer of a full fine-tuning attack (optimizer fields as in OptimConfig)."""
+
+    steps: int = Field(200, ge=1, description="optimizer steps (the attack budget)")
+    batch_size: int = Field(32, ge=1, description="examples per step")
+
+    def optim(self) -> OptimConfig:
+        return OptimConfig(**self.model_dump(include=set(OptimConfig.model_fields)))
+
+
+@register_adversary("full_ft", version="1")
+class FullFineTune(Adversary):
+    """Full fine-tuning of all weights on the task's train split."""
+
+    Config = FullFineTuneConfig
+    config: FullFineTuneConfig
+
+    def attack(self, release: Release, examples: list[dict[str, Any]],
+               ctx: AttackContext) -> TrainResult:
+        model, tokenizer = release.load()
+        return ctx.finetune(model, tokenizer, examples, steps=self.config.steps,
+                            batch_size=self.config.batch_size, optim=self.config.optim())

@@ -1,0 +1,109 @@
+"""What plugins see: the base classes of defenses and adversaries and their contexts.
+
+The boundary between private and public is drawn here. A defense gets a :class:`DefenseContext`
+with a ``release_dir`` (public) and a ``private_dir`` (never released). An adversary gets only a
+:class:`Release` (a path to the public directory, checked against an allow-list), the task's
+train examples, and an :class:`AttackContext` that can train and evaluate but holds no path to
+the store or to any private artifact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from nftbench.data import corpus_batches, encode_examples, example_batches
+from nftbench.models import RELEASE_FILES, ModelSpec, init_model, load_release, save_release
+from nftbench.registry import Plugin
+from nftbench.train import OptimConfig, TrainResult, train
+
+
+@dataclass(frozen=True)
+class Release:
+    """A public release: dense safetensors weights, config and tokenizer. Nothing else."""
+
+    path: Path
+    spec: ModelSpec
+
+    def __post_init__(self) -> None:
+        extra = sorted(p.name for p in Path(self.path).iterdir()
+                       if p.name not in RELEASE_FILES and not p.name.startswith("model-"))
+        if extra:
+            raise ValueError(f"{self.path} is not a release: it holds {extra}")
+
+    def load(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        return load_release(self.path, self.spec)
+
+
+class Defense(Plugin):
+    """Turns a model spec (+ corpus, + restricted-task data if it needs it) into a release."""
+
+    #: set True if the defense trains on restricted tasks' data (enters its cache key)
+    uses_restricted_data: ClassVar[bool] = False
+
+    def defend(self, ctx: DefenseContext) -> None:
+        """Build the release with ``ctx.save_release``; private artifacts go to
+        ``ctx.private_dir``."""
+        raise NotImplementedError
+
+
+@dataclass
+class DefenseContext:
+    spec: ModelSpec
+    tokenizer: PreTrainedTokenizerBase
+    corpus: torch.Tensor  # packed pre-training blocks [n, seq_len]
+    pretrain: Any  # nftbench.config.PretrainConfig: the dense base's budget, to match
+    base: Release | None  # the pre-trained dense base
+    restricted: dict[str, list[dict[str, Any]]]  # restricted tasks' train examples
+    release_dir: Path
+    private_dir: Path
+    progress: bool = True
+
+    def init_model(self, seed: int) -> PreTrainedModel:
+        return init_model(self.spec, self.tokenizer, seed)
+
+    def corpus_batches(self, batch_size: int, seed: int):
+        return corpus_batches(self.corpus, batch_size, seed)
+
+    def save_release(self, model: PreTrainedModel) -> None:
+        save_release(model, self.tokenizer, self.release_dir)
+
+
+@dataclass
+class AttackContext:
+    """Training and evaluation for an adversary; it holds no path to private data."""
+
+    seed: int
+    evaluate: Callable[[PreTrainedModel, PreTrainedTokenizerBase], dict[str, float]]
+    budget_points: Callable[[int], list[int]]
+    progress: bool = True
+    desc: str = "attack"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def finetune(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 examples: list[dict[str, Any]], *, steps: int, batch_size: int,
+                 optim: OptimConfig, params: Sequence[Any] | None = None,
+                 grad_hook: Callable[[], None] | None = None) -> TrainResult:
+        """Fine-tune on task examples (loss on answers), scoring at every budget point."""
+        torch.manual_seed(self.seed)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else tokenizer.eos_token_id
+        batches = example_batches(encode_examples(examples, tokenizer), batch_size, self.seed,
+                                  pad)
+        return train(model, batches, steps, optim, params=params,
+                     eval_at=self.budget_points(steps),
+                     on_eval=lambda step: self.evaluate(model, tokenizer),
+                     grad_hook=grad_hook, desc=self.desc, progress=self.progress)
+
+
+class Adversary(Plugin):
+    """Fine-tunes a public release on a task under a budget and returns the curve."""
+
+    def attack(self, release: Release, examples: list[dict[str, Any]],
+               ctx: AttackContext) -> TrainResult:
+        raise NotImplementedError

@@ -1,0 +1,113 @@
+"""Command line: ``nftbench run CONFIG`` and ``nftbench list``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from nftbench.registry import REGISTRIES, describe_config, load_plugins
+
+EXIT_CONFIG = 2
+
+
+def _setup_logging(log_file: Path | None, quiet: bool) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)-5s %(message)s", "%H:%M:%S")
+    root = logging.getLogger("nftbench")
+    root.setLevel(logging.INFO)
+    root.handlers.clear()
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.addHandler(console)
+    if log_file is not None:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    for noisy in ("lm_eval", "lm-eval", "transformers", "datasets", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nftbench.config import ConfigError, load_config
+
+    try:
+        load_plugins(args.plugins)
+        matrix = load_config(args.config, args.override)
+    except ConfigError as err:
+        print(f"nftbench: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        print(f"nftbench: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from nftbench.engine import STATUS_FAILED, Runner
+
+    run_dir = matrix.config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(run_dir / "run.log", args.quiet)
+    log = logging.getLogger("nftbench")
+    m = matrix
+    log.info("run %s: %d defenses x %d adversaries x %d restricted tasks x %d seeds -> %s",
+             m.config.name, len(m.defenses), len(m.adversaries), len(m.restricted_tasks),
+             len(m.config.seeds), run_dir)
+    outcome = Runner(matrix, progress=not args.quiet).run()
+    computed = sum(not s.cached for s in outcome.stages if s.status == "ok")
+    cached = sum(s.cached for s in outcome.stages)
+    log.info("finished in %.1fs: %d stages computed, %d from the store, %d failed; results in %s",
+             outcome.wall_s, computed, cached, len(outcome.failed), run_dir / "results.csv")
+    for s in outcome.failed:
+        log.error("failed: %s %s\n%s", s.kind, s.label, textwrap.indent(s.error or "", "    "))
+    return STATUS_FAILED if outcome.failed else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    load_plugins(args.plugins)
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    for kind in kinds:
+        print({"defense": "defenses:", "adversary": "adversaries:", "task": "tasks:"}[kind])
+        for name, cls in REGISTRIES[kind].items():
+            extra = ""
+            if kind == "task":
+                cfg = cls.Config()
+                extra = f"  [{cfg.role}, {cfg.kind}]"
+            print(f"  {name} (v{cls.version}){extra}: {cls.summary()}")
+            if args.brief:
+                continue
+            for f in describe_config(cls.Config):
+                desc = f"  # {f['description']}" if f["description"] else ""
+                print(f"      {f['field']}: {f['type']} = {f['default']!r}{desc}")
+        print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nftbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a benchmark matrix")
+    run.add_argument("config", help="matrix YAML (e.g. configs/default.yaml)")
+    run.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field, e.g. -o adversaries.full_ft.params.lr=1e-3")
+    run.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    lst = sub.add_parser("list", help="list registered plugins and their config fields")
+    lst.add_argument("--kind", choices=list(REGISTRIES), help="only this kind")
+    lst.add_argument("--brief", action="store_true", help="names only")
+    for p in (run, lst):
+        p.add_argument("--plugins", action="append", default=[], metavar="DIR",
+                       help="a folder of plugin files (*.py, task *.yaml) to load")
+    run.set_defaults(func=cmd_run)
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""The matrix config: one YAML file, validated completely before anything runs.
+
+* ``-o key=value`` overrides any field before validation (``key`` is a dotted path; a list item is
+  chosen by index or by its ``name``; ``value`` is parsed as YAML).
+* A plugin parameter given as a list expands into named variants: ``lr: [1e-4, 1e-3]`` gives
+  ``full_ft[lr=0.0001]`` and ``full_ft[lr=0.001]``. A field that itself takes a list (LoRA's
+  ``target_modules``) sweeps only when given a list of lists.
+* Every error names the field, the value and what is allowed; all errors are reported at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nftbench.models import ModelSpec
+from nftbench.registry import ADVERSARIES, DEFENSES, TASKS, Plugin, Registry
+from nftbench.train import OptimConfig
+from nftbench.world import World, WorldConfig
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; ``errors`` holds one line per problem."""
+
+    def __init__(self, errors: list[str], source: str = "config") -> None:
+        self.errors = errors
+        super().__init__(f"invalid {source}:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+class PretrainConfig(BaseModel):
+    """Pre-training of the base model on the corpus (shared by every defense that starts from it;
+    defenses that pre-train themselves, like PMP, use the same budget)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(1500, ge=0, description="optimizer steps (0 for a hub model: use as is)")
+    batch_size: int = Field(32, ge=1, description="sequences per step")
+    seq_len: int = Field(64, ge=8, description="tokens per packed sequence")
+    seed: int = Field(0, description="seed of initialization and data order")
+    optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(lr=3e-3, schedule="cosine", warmup_steps=100,
+                                            weight_decay=0.1),
+        description="optimizer of pre-training")
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch_size: int = Field(64, ge=1, description="lm-eval batch size")
+    budget_points: int | list[int] = Field(
+        5, description="points per attack curve: a count, evenly spaced from step 0 to the "
+        "adversary's last step, or an explicit list of steps")
+
+    @field_validator("budget_points")
+    @classmethod
+    def _check_points(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, int) and v < 2:
+            raise ValueError("needs at least 2 points (step 0 and the last step)")
+        if isinstance(v, list) and (not v or min(v) < 0):
+            raise ValueError("an explicit list must be non-empty steps >= 0")
+        return v
+
+
+class PluginSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(description="registered plugin name")
+    label: str | None = Field(None, description="name in results (default: name + swept values)")
+    params: dict[str, Any] = Field(default_factory=dict, description="the plugin's config")
+
+
+def _spec_list(v: Any) -> Any:
+    if isinstance(v, list):
+        return [{"name": x} if isinstance(x, str) else x for x in v]
+    return v
+
+
+class MatrixConfig(BaseModel):
+    """A benchmark matrix: defenses x adversaries x restricted tasks x seeds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(description="run name")
+    output_dir: str = Field("runs/{name}", description="run folder ({name} is replaced)")
+    store_dir: str | None = Field(None, description="store folder (default: OUTPUT_DIR/store); "
+                                  "share one between configs to share stages")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="architecture and weights")
+    world: WorldConfig = Field(default_factory=WorldConfig, description="the embedded world")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="base model")
+    defenses: list[PluginSpec] = Field(min_length=1, description="defenses to compare")
+    adversaries: list[PluginSpec] = Field(min_length=1, description="attacks on every release")
+    tasks: list[PluginSpec] = Field(min_length=1, description="capability and restricted tasks")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="attack seeds")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+
+    @field_validator("defenses", "adversaries", "tasks", mode="before")
+    @classmethod
+    def _names_to_specs(cls, v: Any) -> Any:
+        return _spec_list(v)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat: {v}")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store_dir) if self.store_dir else self.run_dir / "store"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One concrete plugin instance of the matrix, with its readable name."""
+
+    kind: str
+    label: str
+    plugin: Plugin
+    params: dict[str, Any]  # the fully resolved config, defaults included
+
+    @property
+    def name(self) -> str:
+        return self.plugin.name
+
+    @property
+    def version(self) -> str:
+        return self.plugin.version
+
+
+@dataclass(frozen=True)
+class Matrix:
+    config: MatrixConfig
+    defenses: list[Variant]
+    adversaries: list[Variant]
+    tasks: list[Variant]
+
+    @property
+    def capability_tasks(self) -> list[Variant]:
+        return [t for t in self.tasks if t.plugin.config.role == "capability"]
+
+    @property
+    def restricted_tasks(self) -> list[Variant]:
+        return [t for t in self.tasks if t.plugin.config.role == "restricted"]
+
+
+# ---------------------------------------------------------------------------------------------
+# overrides
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` to a raw config dict in place."""
+    if "=" not in assignment:
+        raise ConfigError([f"override {assignment!r}: expected key=value"])
+    key, value_text = assignment.split("=", 1)
+    value = yaml.safe_load(value_text)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[:i + 1])
+        if isinstance(node, list):
+            idx = _list_index(node, part, where)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError([f"override {key}: {'.'.join(parts[:i])} is not a mapping or list"])
+
+
+def _list_index(items: list[Any], part: str, where: str) -> int:
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if -len(items) <= idx < len(items):
+            return idx
+        raise ConfigError([f"override {where}: index out of range (list has {len(items)})"])
+    matches = [i for i, item in enumerate(items)
+               if item == part or (isinstance(item, dict)
+                                   and part in (item.get("label"), item.get("name")))]
+    if len(matches) != 1:
+        raise ConfigError([f"override {where}: {len(matches)} list items named {part!r}"])
+    return matches[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def _allowed_fields(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str] | None:
+    """Field names of the model that owns the last element of ``loc``."""
+    for part in loc[:-1]:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field else None
+    return sorted(model.model_fields) if model is not None else None
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_errors(err: ValidationError, prefix: str = "",
+                  model: type[BaseModel] | None = None) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = e["loc"]
+        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+        path = path.lstrip(".") or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_fields(model, loc)
+            hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"{path}: unknown field (value {e['input']!r}){hint}")
+        elif e["type"] == "missing":
+            lines.append(f"{path}: required field is missing")
+        else:
+            value = e.get("input")
+            shown = repr(value) if not isinstance(value, dict) else "{...}"
+            lines.append(f"{path} = {shown}: {e['msg']}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# expansion
+
+
+def _accepts_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, set, frozenset):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts_list(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "+".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def expand(spec: PluginSpec, registry: Registry, where: str) -> list[Variant]:
+    """Validate one plugin spec against its config class and expand swept parameters."""
+    cls = registry.get(spec.name)
+    fields = cls.Config.model_fields
+    axes: dict[str, list[Any]] = {}
+    fixed: dict[str, Any] = {}
+    for key, value in spec.params.items():
+        field = fields.get(key)
+        takes_list = field is not None and _accepts_list(field.annotation)
+        sweep = isinstance(value, list) and (
+            not takes_list or (value and all(isinstance(v, list) for v in value)))
+        if sweep:
+            if not value:
+                raise ConfigError([f"{where}.params.{key}: an empty list sweeps nothing"])
+            axes[key] = value
+        else:
+            fixed[key] = value
+    variants = []
+    errors: list[str] = []
+    for combo in itertools.product(*axes.values()):
+        params = {**fixed, **dict(zip(axes, combo, strict=True))}
+        try:
+            config = cls.Config(**params)
+        except ValidationError as err:
+            errors += format_errors(err, f"{where}.params", cls.Config)
+            continue
+        base = spec.label or spec.name
+        swept = ",".join(f"{k}={_fmt(v)}" for k, v in zip(axes, combo, strict=True))
+        label = f"{base}[{swept}]" if swept else base
+        variants.append(Variant(kind=registry.kind, label=label, plugin=cls(config),
+                                params=config.model_dump(mode="json")))
+    if errors:
+        raise ConfigError(sorted(set(errors)))
+    return variants
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([f"config file not found: {path}"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of fields"])
+    return raw
+
+
+def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> Matrix:
+    """Validate a raw config (plus overrides) completely and expand it into a :class:`Matrix`.
+    Raises :class:`ConfigError` listing every problem; writes nothing."""
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # a deep copy that overrides may mutate
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        config = MatrixConfig(**raw)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, model=MatrixConfig)) from None
+    errors: list[str] = []
+    groups: dict[str, list[Variant]] = {}
+    for field, registry in (("defenses", DEFENSES), ("adversaries", ADVERSARIES),
+                            ("tasks", TASKS)):
+        groups[field] = []
+        for i, spec in enumerate(getattr(config, field)):
+            try:
+                groups[field] += expand(spec, registry, f"{field}[{i}]")
+            except ConfigError as err:
+                errors += err.errors
+            except KeyError as err:
+                errors.append(f"{field}[{i}].name = {spec.name!r}: {err}")
+        labels = [v.label for v in groups[field]]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            errors.append(f"{field}: variant names repeat ({', '.join(dupes)}); give each a "
+                          "distinct 'label' so results are never overwritten")
+    if errors:
+        raise ConfigError(errors)
+    matrix = Matrix(config=config, **groups)
+    if not matrix.restricted_tasks:
+        raise ConfigError(["tasks: at least one task must have role 'restricted'"])
+    world = World(config.world)
+    for i, task in enumerate(matrix.tasks):
+        for split in ("train", "eval"):
+            try:
+                task.plugin.examples(split, world)
+            except (ValueError, KeyError, FileNotFoundError) as err:
+                errors.append(f"tasks[{i}] ({task.label}), {split} split: {err}")
+    if errors:
+        raise ConfigError(errors)
+    return matrix
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Matrix:
+    return resolve(load_raw(path), overrides)

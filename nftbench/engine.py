@@ -1,0 +1,339 @@
+"""The matrix engine: every arrow of the data flow is a stage whose output lives in the store.
+
+::
+
+    tokenizer ─► pretrain (base) ─► defend (per defense) ─► release ─┬─► attack ─► curve
+               └► scratch (per seed) ───────────────────────────────┘
+    release ─► utility (capability tasks)
+
+A stage's key hashes its kind, its resolved config, the keys of its inputs, the fingerprints of
+the data it reads and the plugin's version, so a rerun skips finished work and a changed config
+never reuses a stale result. Cells run sequentially here. An exception in one cell is recorded
+with its traceback and the matrix goes on; a diverged attack is a result, stored like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from nftbench.api import AttackContext, DefenseContext, Release
+from nftbench.config import Matrix, Variant
+from nftbench.data import corpus_batches, pack_corpus
+from nftbench.evaluation import Evaluator
+from nftbench.manifest import write_manifest
+from nftbench.models import (
+    init_model,
+    load_pretrained,
+    load_tokenizer,
+    save_release,
+    train_tokenizer,
+)
+from nftbench.store import Store
+from nftbench.train import train
+from nftbench.world import World
+
+log = logging.getLogger("nftbench")
+SCRATCH = "scratch"
+STATUS_FAILED = 3  # exit code when some cells failed
+
+
+def budget_points(points: int | list[int], steps: int) -> list[int]:
+    """Evenly spaced steps from 0 to ``steps`` (inclusive), or the explicit ones within budget."""
+    if isinstance(points, list):
+        return sorted({p for p in points if p <= steps} | {0, steps})
+    return sorted({round(i * steps / (points - 1)) for i in range(points)})
+
+
+@dataclass
+class StageLog:
+    kind: str
+    label: str
+    key: str
+    cached: bool
+    wall_s: float
+    status: str = "ok"
+    error: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    results: pd.DataFrame
+    stages: list[StageLog] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def failed(self) -> list[StageLog]:
+        return [s for s in self.stages if s.status == "failed"]
+
+
+class Runner:
+    """Executes one matrix over one store."""
+
+    def __init__(self, matrix: Matrix, progress: bool = True) -> None:
+        self.matrix = matrix
+        self.cfg = matrix.config
+        self.run_dir = self.cfg.run_dir
+        self.store = Store(self.cfg.store_path)
+        self.progress = progress
+        self.world = World(self.cfg.world)
+        self.stages: list[StageLog] = []
+        self.task_data = {t.label: {s: t.plugin.examples(s, self.world) for s in ("train", "eval")}
+                          for t in matrix.tasks}
+        self.task_fp = {t.label: t.plugin.fingerprint(self.world) for t in matrix.tasks}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _stage(self, kind: str, label: str, payload: dict[str, Any], build) -> tuple[str, Path]:
+        """Return (key, entry path), running ``build(tmp_dir)`` if the entry is missing."""
+        key = self.store.key(kind, payload)
+        if self.store.has(kind, key):
+            self.stages.append(StageLog(kind, label, key, cached=True, wall_s=0.0))
+            log.info("%-8s %-40s cached  (%s)", kind, label, key[:10])
+            return key, self.store.path(kind, key)
+        log.info("%-8s %-40s running (%s)", kind, label, key[:10])
+        start = time.perf_counter()
+        with self.store.write(kind, key, payload) as tmp:
+            build(tmp)
+        wall = time.perf_counter() - start
+        self.stages.append(StageLog(kind, label, key, cached=False, wall_s=wall))
+        log.info("%-8s %-40s done in %.1fs", kind, label, wall)
+        return key, self.store.path(kind, key)
+
+    def _spec_payload(self) -> dict[str, Any]:
+        return self.cfg.model.model_dump(mode="json", exclude={"device"})
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def tokenizer(self):
+        spec = self.cfg.model
+        if not spec.is_tiny:
+            self.tokenizer_key = content_hash(spec.name_or_path)
+            return load_tokenizer(spec)
+
+        def build(tmp: Path) -> None:
+            train_tokenizer(self.world.documents(), spec.tiny.vocab_size).save_pretrained(tmp)
+
+        payload = {"vocab_size": spec.tiny.vocab_size, "world": self.world.fingerprint}
+        self.tokenizer_key, path = self._stage("tokenizer", "bpe", payload, build)
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+
+    def pretrain(self, tokenizer, corpus: torch.Tensor, corpus_fp: str) -> tuple[str, Release]:
+        spec, pre = self.cfg.model, self.cfg.pretrain
+
+        def build(tmp: Path) -> None:
+            model = init_model(spec, tokenizer, pre.seed) if spec.is_tiny else load_pretrained(
+                spec)
+            result = train(model, corpus_batches(corpus, pre.batch_size, pre.seed), pre.steps,
+                           pre.optim, desc="pretrain", progress=self.progress)
+            if result.diverged:
+                raise FloatingPointError(f"pre-training diverged at step {result.diverged_at}")
+            save_release(model, tokenizer, tmp / "release")
+            write_json(tmp / "train_log.json", {"losses": result.losses, "tokens": result.tokens,
+                                                "flops": result.flops, "wall_s": result.wall_s})
+
+        payload = {"model": self._spec_payload(), "tokenizer": self.tokenizer_key,
+                   "pretrain": pre.model_dump(mode="json"), "corpus": corpus_fp}
+        key, path = self._stage("pretrain", "base", payload, build)
+        return key, Release(path / "release", spec)
+
+    def defend(self, variant: Variant, tokenizer, corpus: torch.Tensor, corpus_fp: str,
+               base_key: str, base: Release) -> tuple[str, Release]:
+        defense = variant.plugin
+        restricted = {t.label: self.task_data[t.label]["train"]
+                      for t in self.matrix.restricted_tasks}
+
+        def build(tmp: Path) -> None:
+            ctx = DefenseContext(spec=self.cfg.model, tokenizer=tokenizer, corpus=corpus,
+                                 pretrain=self.cfg.pretrain, base=base, restricted=restricted,
+                                 release_dir=tmp / "release", private_dir=tmp / "private",
+                                 progress=self.progress)
+            ctx.private_dir.mkdir()
+            defense.defend(ctx)
+            Release(ctx.release_dir, self.cfg.model)  # validates the allow-list
+
+        payload = {"defense": variant.name, "version": variant.version,
+                   "params": variant.params, "base": base_key, "tokenizer": self.tokenizer_key,
+                   "corpus": corpus_fp, "pretrain": self.cfg.pretrain.model_dump(mode="json")}
+        if defense.uses_restricted_data:
+            payload["restricted"] = {k: self.task_fp[k] for k in restricted}
+        key, path = self._stage("defend", variant.label, payload, build)
+        return key, Release(path / "release", self.cfg.model)
+
+    def scratch(self, tokenizer, seed: int) -> tuple[str, Release]:
+        def build(tmp: Path) -> None:
+            save_release(init_model(self.cfg.model, tokenizer, seed), tokenizer, tmp / "release")
+
+        payload = {"model": self._spec_payload(), "tokenizer": self.tokenizer_key, "seed": seed}
+        key, path = self._stage("scratch", f"seed {seed}", payload, build)
+        return key, Release(path / "release", self.cfg.model)
+
+    def utility(self, label: str, release_key: str, release: Release,
+                evaluator: Evaluator) -> dict[str, float]:
+        names = [t.label for t in self.matrix.capability_tasks]
+        if not names:
+            return {}
+
+        def build(tmp: Path) -> None:
+            model, tok = release.load()
+            write_json(tmp / "scores.json", evaluator(model, tok, names))
+
+        payload = {"release": release_key, "tasks": {n: self.task_fp[n] for n in names},
+                   "task_params": {t.label: t.params for t in self.matrix.capability_tasks}}
+        _, path = self._stage("utility", label, payload, build)
+        return read_json(path / "scores.json")
+
+    def attack(self, release_label: str, release_key: str, release: Release, adversary: Variant,
+               task: Variant, seed: int, evaluator: Evaluator) -> dict[str, Any]:
+        points = self.cfg.eval.budget_points
+        label = f"{adversary.label} > {release_label} / {task.label} / seed {seed}"
+
+        def build(tmp: Path) -> None:
+            ctx = AttackContext(
+                seed=seed, evaluate=lambda m, t: evaluator(m, t, [task.label]),
+                budget_points=lambda steps: budget_points(points, steps),
+                progress=self.progress, desc=f"{adversary.label}/{task.label}/s{seed}")
+            torch.manual_seed(seed)
+            result = adversary.plugin.attack(release, self.task_data[task.label]["train"], ctx)
+            write_json(tmp / "curve.json", {
+                "diverged_at": result.diverged_at, "steps": result.steps,
+                "tokens": result.tokens, "flops": result.flops, "wall_s": result.wall_s,
+                "points": [asdict(p) for p in result.points]})
+
+        payload = {"release": release_key, "adversary": adversary.name,
+                   "version": adversary.version, "params": adversary.params,
+                   "task": task.label, "task_params": task.params, "data": self.task_fp[task.label],
+                   "seed": seed, "budget_points": points}
+        _, path = self._stage("attack", label, payload, build)
+        return read_json(path / "curve.json")
+
+    # -- the matrix ------------------------------------------------------------------------
+
+    def run(self) -> RunOutcome:
+        start = time.perf_counter()
+        m, cfg = self.matrix, self.cfg
+        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        evaluator = Evaluator([t.plugin for t in m.tasks], self.world,
+                              self.run_dir / "lm_eval_tasks", cfg.eval.batch_size)
+        tokenizer = self.tokenizer()
+        corpus = pack_corpus(self.world.documents(), tokenizer, cfg.pretrain.seq_len)
+        corpus_fp = hashlib.sha256(corpus.numpy().tobytes()).hexdigest()[:16]
+        base_key, base = self.pretrain(tokenizer, corpus, corpus_fp)
+
+        releases: dict[str, tuple[str, Release]] = {}
+        for d in m.defenses:
+            try:
+                releases[d.label] = self.defend(d, tokenizer, corpus, corpus_fp, base_key, base)
+            except Exception as err:  # one broken defense must not stop the others
+                self._record_failure("defend", d.label, err)
+        scratch = {s: self.scratch(tokenizer, s) for s in cfg.seeds}
+        self._link_releases(releases, scratch)
+
+        rows: list[dict[str, Any]] = []
+        targets = [(label, *releases[label]) for label in releases]
+        for label, key, release in [*targets, (SCRATCH, *scratch[cfg.seeds[0]])]:
+            try:
+                for task, score in self.utility(label, key, release, evaluator).items():
+                    rows.append(row(release=label, adversary="-", task=task, role="capability",
+                                    seed=None, step=0, metric="score", value=score))
+            except Exception as err:
+                self._record_failure("utility", label, err)
+
+        cells = [(label, a, t, s) for label in [*releases, SCRATCH] for a in m.adversaries
+                 for t in m.restricted_tasks for s in cfg.seeds]
+        for label, adversary, task, seed in tqdm(cells, desc="cells", unit="cell",
+                                                 disable=not self.progress):
+            key, release = scratch[seed] if label == SCRATCH else releases[label]
+            ids = dict(release=label, adversary=adversary.label, task=task.label,
+                       role="restricted", seed=seed)
+            try:
+                curve = self.attack(label, key, release, adversary, task, seed, evaluator)
+            except Exception as err:
+                self._record_failure("attack", f"{adversary.label} > {label}/{task.label}/"
+                                     f"s{seed}", err)
+                rows.append(row(**ids, step=None, metric="score", value=None, status="failed"))
+                continue
+            rows += curve_rows(curve, ids, task.label)
+
+        results = pd.DataFrame(rows, columns=RESULT_COLUMNS).astype(
+            {"seed": "Int64", "step": "Int64", "tokens": "Int64"})
+        outcome = RunOutcome(results=results, stages=self.stages,
+                             wall_s=time.perf_counter() - start)
+        results.to_csv(self.run_dir / "results.csv", index=False)
+        results.to_parquet(self.run_dir / "results.parquet", index=False)
+        write_manifest(self.run_dir / "manifest.json", m, outcome,
+                       data={"world": self.world.fingerprint, "corpus": corpus_fp,
+                             "tasks": self.task_fp})
+        return outcome
+
+    def _record_failure(self, kind: str, label: str, err: Exception) -> None:
+        tb = "".join(traceback.format_exception(err))
+        log.error("%-8s %-40s FAILED: %s", kind, label, err)
+        self.stages.append(StageLog(kind, label, "", cached=False, wall_s=0.0, status="failed",
+                                    error=tb))
+
+    def _link_releases(self, releases: dict[str, tuple[str, Release]],
+                       scratch: dict[int, tuple[str, Release]]) -> None:
+        """``RUN_DIR/releases/<label>`` points at each release in the store (for lm_eval)."""
+        folder = self.run_dir / "releases"
+        folder.mkdir(parents=True, exist_ok=True)
+        links = {label: rel for label, (_, rel) in releases.items()}
+        links |= {f"{SCRATCH}-seed{s}": rel for s, (_, rel) in scratch.items()}
+        for label, rel in links.items():
+            link = folder / label.replace("/", "_")
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(Path(os.path.relpath(rel.path.resolve(), folder.resolve())))
+
+
+RESULT_COLUMNS = ["release", "adversary", "task", "role", "seed", "step", "tokens", "flops",
+                  "wall_s", "peak_mem_mb", "metric", "value", "status", "authorized"]
+
+
+def row(**kw: Any) -> dict[str, Any]:
+    base = dict.fromkeys(RESULT_COLUMNS)
+    base.update(status="ok", authorized=False)
+    base.update(kw)
+    return base
+
+
+def curve_rows(curve: dict[str, Any], ids: dict[str, Any], task: str) -> list[dict[str, Any]]:
+    """Tidy rows of one attack curve: a score and a loss row per budget point."""
+    status = "diverged" if curve["diverged_at"] is not None else "ok"
+    out = []
+    for p in curve["points"]:
+        common = dict(ids, step=p["step"], tokens=p["tokens"], flops=p["flops"],
+                      wall_s=p["wall_s"], peak_mem_mb=p["peak_mem_mb"], status=status)
+        out.append(row(**common, metric="score", value=p["scores"].get(task)))
+        if p["loss"] is not None:
+            out.append(row(**common, metric="loss", value=p["loss"]))
+    if status == "diverged":
+        out.append(row(**ids, step=curve["diverged_at"], metric="diverged_at",
+                       value=float(curve["diverged_at"]), status=status))
+    return out
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())

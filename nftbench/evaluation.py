@@ -1,0 +1,87 @@
+"""The lm-eval bridge: nftbench scores models exactly as lm-eval's own command line would.
+
+For every task it writes the eval split as JSONL and an lm-eval task YAML into one folder, so::
+
+    lm_eval --model hf --model_args pretrained=RELEASE_DIR \\
+            --include_path RUN_DIR/lm_eval_tasks --tasks nft_qa_city
+
+reproduces the score nftbench reports. Task objects are built once per run; each evaluation
+wraps the in-memory model in lm-eval's ``HFLM`` (no save/reload) and calls
+``lm_eval.evaluator.evaluate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nftbench.task import Task, lm_eval_yaml
+from nftbench.world import World
+
+LM_EVAL_PREFIX = "nft_"
+
+
+def lm_eval_name(task: Task) -> str:
+    return task.config.lm_eval_task or f"{LM_EVAL_PREFIX}{task.name}"
+
+
+def metric_key(task: Task) -> str:
+    if task.config.lm_eval_task:
+        return f"{task.config.lm_eval_metric},none"
+    return "acc,none" if task.kind == "classification" else "exact_match,none"
+
+
+def write_lm_eval_tasks(tasks: list[Task], world: World | None, folder: Path) -> Path:
+    """Write each generated task's eval data and lm-eval YAML under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        if task.config.lm_eval_task:
+            continue
+        name = lm_eval_name(task)
+        data_file = folder / f"{name}.jsonl"
+        with data_file.open("w") as f:
+            for ex in task.examples("eval", world):
+                f.write(json.dumps(ex) + "\n")
+        config = lm_eval_yaml(task, name, data_file)
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder
+
+
+class Evaluator:
+    """Scores in-memory models on a fixed set of tasks through lm-eval."""
+
+    def __init__(self, tasks: list[Task], world: World | None, folder: Path,
+                 batch_size: int = 64) -> None:
+        from lm_eval.tasks import TaskManager, get_task_dict
+
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        write_lm_eval_tasks(tasks, world, folder)
+        uses_builtin = any(t.config.lm_eval_task for t in tasks)
+        manager = TaskManager(include_path=str(folder), include_defaults=uses_builtin)
+        self.tasks = {t.name: t for t in tasks}
+        self.batch_size = batch_size
+        # Built once, reused for every evaluation of every model in the run.
+        self._task_dicts = {t.name: get_task_dict([lm_eval_name(t)], manager) for t in tasks}
+
+    def __call__(self, model: Any, tokenizer: Any, names: list[str] | None = None
+                 ) -> dict[str, float]:
+        """Score ``model`` on ``names`` (default: every task); returns task name -> score."""
+        from lm_eval.evaluator import evaluate
+        from lm_eval.models.huggingface import HFLM
+
+        scores = {}
+        # lm-eval draws a progress bar per request batch and warns that it got a model object;
+        # both would bury nftbench's own per-cell bars, so its stderr is kept for errors only.
+        with contextlib.redirect_stderr(io.StringIO()):
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+            for name in names or list(self.tasks):
+                task = self.tasks[name]
+                out = evaluate(lm, self._task_dicts[name], bootstrap_iters=0, log_samples=False)
+                scores[name] = float(out["results"][lm_eval_name(task)][metric_key(task)])
+        return scores

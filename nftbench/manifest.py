@@ -1,0 +1,78 @@
+"""The reproducibility manifest written by every run."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from nftbench.store import content_key
+
+if TYPE_CHECKING:
+    from nftbench.config import Matrix
+    from nftbench.engine import RunOutcome
+
+PACKAGES = ("nftbench", "torch", "transformers", "tokenizers", "peft", "bitsandbytes", "datasets",
+            "lm_eval", "pandas", "matplotlib", "safetensors", "pydantic")
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=root, capture_output=True, text=True, timeout=10,
+                                    check=True).stdout.strip())
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def write_manifest(path: Path, matrix: Matrix, outcome: RunOutcome,
+                   data: dict[str, Any]) -> dict[str, Any]:
+    config = matrix.config.model_dump(mode="json")
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config,
+        "config_hash": content_key(config),
+        "variants": {kind: {v.label: {"plugin": v.name, "version": v.version, "params": v.params}
+                            for v in getattr(matrix, kind)}
+                     for kind in ("defenses", "adversaries", "tasks")},
+        "trust_remote_code": matrix.config.model.trust_remote_code,
+        "packages": package_versions(),
+        "git": git_commit(),
+        "hardware": hardware(),
+        "data_fingerprints": data,
+        "wall_s": round(outcome.wall_s, 3),
+        "stages": [asdict(s) for s in outcome.stages],
+    }
+    path.write_text(json.dumps(manifest, indent=1, default=str))
+    return manifest

@@ -1,0 +1,156 @@
+"""Model specs: the embedded tiny Llama or any Hugging Face causal LM (hub id or local path).
+
+A *release* is a directory that plain ``AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` reload: safetensors weights, ``config.json``,
+``generation_config.json`` and the tokenizer files, and nothing else (see ``RELEASE_FILES``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+TINY = "tiny"
+# What a release directory may hold. Anything else (a mask, a log, a pickle) is refused on save.
+RELEASE_FILES = frozenset({
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+})
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+                  "unk_token": "<unk>"}
+
+
+class TinyLlamaConfig(BaseModel):
+    """Shape of the embedded model (about 1M parameters at the defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    hidden_size: int = Field(128, ge=8, description="model width")
+    num_hidden_layers: int = Field(4, ge=1, description="transformer blocks")
+    num_attention_heads: int = Field(4, ge=1, description="attention heads")
+    intermediate_size: int = Field(384, ge=8, description="MLP width")
+    max_position_embeddings: int = Field(128, ge=16, description="context length")
+    vocab_size: int = Field(1024, ge=64, description="target size of the trained BPE vocabulary")
+    tie_word_embeddings: bool = Field(False, description="share input and output embeddings")
+
+
+class ModelSpec(BaseModel):
+    """An architecture plus where its weights and tokenizer come from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name_or_path: str = Field(TINY, description="'tiny' (embedded), a hub id, or a local folder")
+    tiny: TinyLlamaConfig = Field(default_factory=TinyLlamaConfig,
+                                  description="shape of the embedded model")
+    dtype: str = Field("float32", pattern="^(float32|bfloat16|float16)$",
+                       description="weights dtype for training and evaluation")
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0'")
+    trust_remote_code: bool = Field(False, description="run a hub model's own code (off: safer)")
+
+    @model_validator(mode="after")
+    def _local_path_exists(self) -> ModelSpec:
+        p = self.name_or_path
+        if p != TINY and p.startswith((".", "/", "~")) and not Path(p).expanduser().exists():
+            raise ValueError(f"name_or_path: local model folder not found: {p}")
+        return self
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name_or_path == TINY
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained locally with the ``tokenizers`` library, wrapped as a
+    standard Hugging Face fast tokenizer (``save_pretrained`` writes ``tokenizer.json``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=1_000_000,
+                                   **SPECIAL_TOKENS)
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerFast:
+    """The tokenizer of a hub or local model (not for 'tiny', whose tokenizer is trained)."""
+    tok = AutoTokenizer.from_pretrained(spec.name_or_path,
+                                        trust_remote_code=spec.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def init_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int) -> PreTrainedModel:
+    """The architecture at random initialization (the scratch baseline, and the start of
+    pre-training for 'tiny')."""
+    torch.manual_seed(seed)
+    if spec.is_tiny:
+        t = spec.tiny
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
+            num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_attention_heads,
+            max_position_embeddings=t.max_position_embeddings,
+            tie_word_embeddings=t.tie_word_embeddings, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        model = LlamaForCausalLM(config)
+    else:
+        config = AutoConfig.from_pretrained(spec.name_or_path,
+                                            trust_remote_code=spec.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
+    return model.to(device=spec.torch_device(), dtype=spec.torch_dtype())
+
+
+def load_pretrained(spec: ModelSpec) -> PreTrainedModel:
+    """A hub or local model with its published weights (safetensors only)."""
+    model = AutoModelForCausalLM.from_pretrained(
+        spec.name_or_path, dtype=spec.torch_dtype(), use_safetensors=True,
+        trust_remote_code=spec.trust_remote_code)
+    return model.to(spec.torch_device())
+
+
+def save_release(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast,
+                 path: str | Path) -> Path:
+    """Write a release: dense safetensors weights, config and tokenizer, nothing else."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    extra = sorted(p.name for p in path.iterdir() if p.name not in RELEASE_FILES
+                   and not p.name.startswith("model-"))
+    if extra:
+        raise RuntimeError(f"release {path} holds files outside the allow-list: {extra}")
+    return path
+
+
+def load_release(path: str | Path, spec: ModelSpec) -> tuple[PreTrainedModel,
+                                                             PreTrainedTokenizerFast]:
+    """Reload a release directory (safetensors only; remote code only if the spec allows it)."""
+    path = Path(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=spec.torch_dtype(), use_safetensors=True,
+        trust_remote_code=spec.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    return model.to(spec.torch_device()), tokenizer

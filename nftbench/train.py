@@ -1,0 +1,230 @@
+"""The one training loop: pre-training, defenses and adversaries all call :func:`train`.
+
+It owns what every caller needs and nothing more: optimizer and schedule from an
+:class:`OptimConfig`, gradient clipping, a gradient hook (PMP zeroes its complement there),
+evaluation callbacks at budget points, divergence detection, and compute accounting (steps,
+tokens, estimated FLOPs, wall seconds, peak memory) at every point.
+
+FLOPs (documented in the README): per trained token, a forward pass costs 2 multiply-adds per
+matmul parameter, the backward pass through activations another 2 for every matmul parameter
+(frozen or not, because gradients must flow through frozen layers to reach trainable ones), and
+the weight gradients 2 more for each *trainable* matmul parameter:
+``flops = tokens * (4 * N_matmul + 2 * N_trainable_matmul)``; full fine-tuning gives the usual
+``6 * N * tokens``. Input-embedding lookups are not matmuls and are excluded from N.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+OptimizerName = Literal["sgd", "sgd_momentum", "sgd_nesterov", "adam", "adamw", "rmsprop",
+                        "adagrad", "adadelta"]
+ScheduleName = Literal["constant", "cosine", "linear_warmup"]
+
+
+class OptimConfig(BaseModel):
+    """Optimizer, schedule and clipping of one training run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    optimizer: OptimizerName = Field("adamw", description="optimizer family")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="(decoupled for adamw) weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam-family betas")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum of sgd_momentum/nesterov")
+    schedule: ScheduleName = Field(
+        "constant",
+        description="constant; cosine (warm-up then cosine to min_lr_ratio); "
+        "linear_warmup (linear warm-up then constant)",
+    )
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor, as a fraction of lr")
+    grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null = off")
+
+
+def build_optimizer(params: Sequence[torch.nn.Parameter] | Sequence[dict[str, Any]],
+                    cfg: OptimConfig) -> torch.optim.Optimizer:
+    """An optimizer over ``params`` (tensors or param groups) as ``cfg`` says."""
+    o, lr, wd = cfg.optimizer, cfg.lr, cfg.weight_decay
+    if o == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if o in ("sgd_momentum", "sgd_nesterov"):
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=cfg.momentum,
+                               nesterov=o == "sgd_nesterov")
+    if o == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=cfg.betas, weight_decay=wd)
+    if o == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=wd)
+    if o == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+    if o == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+    if o == "adadelta":
+        return torch.optim.Adadelta(params, lr=lr, weight_decay=wd)
+    raise ValueError(f"optimizer {o!r}")  # unreachable: OptimConfig validates the name
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        span = max(1, total - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def count_matmul_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(all, trainable) parameter counts, excluding the input embedding table."""
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    skip = {id(p) for p in embed.parameters()} if embed is not None else set()
+    out = getattr(model, "get_output_embeddings", lambda: None)()
+    if out is not None:  # a tied lm_head *is* a matmul even though it shares the table
+        skip -= {id(p) for p in out.parameters()}
+    total = trainable = 0
+    for p in model.parameters():
+        if id(p) in skip:
+            continue
+        n = p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+    return total, trainable
+
+
+@dataclass
+class Point:
+    """Compute accounting at one budget point, plus whatever the evaluation callback returned."""
+
+    step: int
+    tokens: int
+    flops: float
+    wall_s: float
+    peak_mem_mb: float
+    loss: float | None
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    flops: float
+    wall_s: float
+    diverged_at: int | None = None
+    losses: list[float] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is the process peak in KiB on Linux: an upper bound for the CPU case.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(
+    model: torch.nn.Module,
+    batches: Iterator[dict[str, torch.Tensor]],
+    steps: int,
+    optim: OptimConfig,
+    *,
+    params: Sequence[torch.nn.Parameter] | Sequence[dict[str, Any]] | None = None,
+    eval_at: Sequence[int] = (),
+    on_eval: Callable[[int], dict[str, float]] | None = None,
+    grad_hook: Callable[[], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` for ``steps`` optimizer steps on ``batches``.
+
+    ``params`` defaults to every parameter that requires grad (or pass param groups).
+    ``on_eval(step)`` runs at each step in ``eval_at`` (0 = before training; model in eval mode)
+    and its scores are stored on that point. ``grad_hook()`` runs after backward, before
+    clipping; ``after_step(step)`` after the optimizer step. A non-finite loss stops training and
+    sets ``diverged_at``; evaluation points after it are not produced.
+    """
+    device = next(model.parameters()).device
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, optim)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    clip_params = [p for g in optimizer.param_groups for p in g["params"]]
+    n_all, n_train = count_matmul_params(model)
+    flops_per_token = 4 * n_all + 2 * n_train
+    eval_at = sorted(set(eval_at))
+    result = TrainResult(steps=0, tokens=0, flops=0.0, wall_s=0.0)
+    last_loss: float | None = None
+    start = time.perf_counter()
+    eval_time = 0.0
+
+    def record(step: int) -> None:
+        nonlocal eval_time
+        t0 = time.perf_counter()
+        scores: dict[str, float] = {}
+        if on_eval is not None:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                scores = on_eval(step)
+            model.train(was_training)
+        eval_time += time.perf_counter() - t0
+        result.points.append(Point(
+            step=step, tokens=result.tokens, flops=result.flops,
+            wall_s=time.perf_counter() - start - eval_time,  # training time only
+            peak_mem_mb=peak_memory_mb(device), loss=last_loss, scores=scores,
+        ))
+
+    if 0 in eval_at:
+        record(0)
+    model.train()
+    bar = tqdm(range(1, steps + 1), desc=desc, leave=False, disable=not progress, unit="step")
+    for step in bar:
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        factor = lr_factor(step - 1, steps, optim)
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * factor
+        loss = model(**batch).loss
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            result.diverged_at = step
+            result.losses.append(loss_value)
+            break
+        loss.backward()
+        if grad_hook is not None:
+            grad_hook()
+        if optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(clip_params, optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step(step)
+        n_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch \
+            else batch["input_ids"].numel()
+        result.steps = step
+        result.tokens += n_tokens
+        result.flops += float(flops_per_token) * n_tokens
+        result.losses.append(loss_value)
+        last_loss = loss_value
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+        if step in eval_at:
+            record(step)
+    bar.close()
+    model.eval()
+    result.wall_s = time.perf_counter() - start - eval_time
+    return result

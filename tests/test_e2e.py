@@ -1,0 +1,64 @@
+"""The smoke path end to end on a tiny budget: results, manifest, resume and invalidation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from nftbench.cli import main
+
+
+def run(raw: dict[str, Any], tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    code = main(["run", str(path), "--quiet", *args])
+    manifest = json.loads((Path(raw["output_dir"]) / "manifest.json").read_text())
+    return code, manifest
+
+
+def computed(manifest: dict[str, Any]) -> list[str]:
+    return sorted(s["kind"] for s in manifest["stages"] if not s["cached"])
+
+
+def test_smoke_run_resume_and_invalidation(tiny_raw: dict[str, Any], tmp_path: Path) -> None:
+    out = Path(tiny_raw["output_dir"])
+    code, manifest = run(tiny_raw, tmp_path)
+    assert code == 0
+    assert computed(manifest) == ["attack", "attack", "defend", "pretrain", "scratch",
+                                  "tokenizer", "utility", "utility"]
+    results = pd.read_parquet(out / "results.parquet")
+    curves = results[(results.role == "restricted") & (results.metric == "score")]
+    assert set(curves.release) == {"none", "scratch"}
+    for _, curve in curves.groupby("release"):
+        assert curve.step.tolist() == [0, 4]
+        assert curve.value.between(0, 1).all()
+        assert curve.tokens.iloc[0] == 0 and curve.tokens.iloc[1] > 0
+        assert curve.flops.iloc[1] > 0
+    utility = results[results.role == "capability"]
+    assert set(utility.release) == {"none", "scratch"} and set(utility.task) == {"recall_city"}
+    assert pd.read_csv(out / "results.csv").shape == results.shape
+    for field in ("config", "config_hash", "packages", "git", "hardware", "data_fingerprints",
+                  "wall_s"):
+        assert field in manifest
+    assert manifest["packages"]["torch"] and manifest["hardware"]["cpu_count"]
+    assert (out / "releases" / "none" / "model.safetensors").exists()
+    assert (out / "lm_eval_tasks" / "nft_qa_city.yaml").exists()
+
+    # the same command again: every stage comes from the store, same table
+    code, again = run(tiny_raw, tmp_path)
+    assert code == 0 and computed(again) == []
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "results.parquet").drop(columns="wall_s"),
+        results.drop(columns="wall_s"))
+
+    # one adversary field changed: only the attack cells rerun
+    code, changed = run(tiny_raw, tmp_path, "-o", "adversaries.full_ft.params.lr=0.01")
+    assert code == 0 and computed(changed) == ["attack", "attack"]
+
+    # a new seed: one more scratch init and its two attack cells, nothing else
+    code, seeded = run(tiny_raw, tmp_path, "-o", "seeds=[0, 1]")
+    assert computed(seeded) == ["attack", "attack", "scratch"]
