@@ -347,12 +347,12 @@ def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> Matrix:
     if not matrix.restricted_tasks:
         raise ConfigError(["tasks: at least one task must have role 'restricted'"])
     world = World(config.world)
-    for i, task in enumerate(matrix.tasks):
-        for split in ("train", "eval"):
+    for task in matrix.tasks:
+        for split in task.plugin.splits:
             try:
                 task.plugin.examples(split, world)
             except (ValueError, KeyError, FileNotFoundError) as err:
-                errors.append(f"tasks[{i}] ({task.label}), {split} split: {err}")
+                errors.append(f"tasks ({task.label}), {split} split: {err}")
     if errors:
         raise ConfigError(errors)
     return matrix

@@ -40,7 +40,7 @@ from nftbench.models import (
     save_release,
     train_tokenizer,
 )
-from nftbench.store import Store
+from nftbench.store import Store, content_key
 from nftbench.train import train
 from nftbench.world import World
 
@@ -89,7 +89,8 @@ class Runner:
         self.progress = progress
         self.world = World(self.cfg.world)
         self.stages: list[StageLog] = []
-        self.task_data = {t.label: {s: t.plugin.examples(s, self.world) for s in ("train", "eval")}
+        self._corpus: torch.Tensor | None = None
+        self.task_data = {t.label: {s: t.plugin.examples(s, self.world) for s in t.plugin.splits}
                           for t in matrix.tasks}
         self.task_fp = {t.label: t.plugin.fingerprint(self.world) for t in matrix.tasks}
 
@@ -131,13 +132,21 @@ class Runner:
 
         return AutoTokenizer.from_pretrained(path)
 
-    def pretrain(self, tokenizer, corpus: torch.Tensor, corpus_fp: str) -> tuple[str, Release]:
+    def corpus(self, tokenizer) -> torch.Tensor:
+        """The packed pre-training corpus, tokenized only when a stage trains on it."""
+        if self._corpus is None:
+            self._corpus = pack_corpus(self.world.documents(), tokenizer,
+                                       self.cfg.pretrain.seq_len)
+        return self._corpus
+
+    def pretrain(self, tokenizer, corpus_fp: str) -> tuple[str, Release]:
         spec, pre = self.cfg.model, self.cfg.pretrain
 
         def build(tmp: Path) -> None:
             model = init_model(spec, tokenizer, pre.seed) if spec.is_tiny else load_pretrained(
                 spec)
-            result = train(model, corpus_batches(corpus, pre.batch_size, pre.seed), pre.steps,
+            batches = corpus_batches(self.corpus(tokenizer), pre.batch_size, pre.seed)
+            result = train(model, batches, pre.steps,
                            pre.optim, desc="pretrain", progress=self.progress)
             if result.diverged:
                 raise FloatingPointError(f"pre-training diverged at step {result.diverged_at}")
@@ -150,14 +159,15 @@ class Runner:
         key, path = self._stage("pretrain", "base", payload, build)
         return key, Release(path / "release", spec)
 
-    def defend(self, variant: Variant, tokenizer, corpus: torch.Tensor, corpus_fp: str,
-               base_key: str, base: Release) -> tuple[str, Release]:
+    def defend(self, variant: Variant, tokenizer, corpus_fp: str, base_key: str,
+               base: Release) -> tuple[str, Release]:
         defense = variant.plugin
         restricted = {t.label: self.task_data[t.label]["train"]
                       for t in self.matrix.restricted_tasks}
 
         def build(tmp: Path) -> None:
-            ctx = DefenseContext(spec=self.cfg.model, tokenizer=tokenizer, corpus=corpus,
+            ctx = DefenseContext(spec=self.cfg.model, tokenizer=tokenizer,
+                                 corpus=self.corpus(tokenizer),
                                  pretrain=self.cfg.pretrain, base=base, restricted=restricted,
                                  release_dir=tmp / "release", private_dir=tmp / "private",
                                  progress=self.progress)
@@ -211,6 +221,7 @@ class Runner:
             write_json(tmp / "curve.json", {
                 "diverged_at": result.diverged_at, "steps": result.steps,
                 "tokens": result.tokens, "flops": result.flops, "wall_s": result.wall_s,
+                "eval_s": result.eval_s,
                 "points": [asdict(p) for p in result.points]})
 
         payload = {"release": release_key, "adversary": adversary.name,
@@ -230,14 +241,15 @@ class Runner:
         evaluator = Evaluator([t.plugin for t in m.tasks], self.world,
                               self.run_dir / "lm_eval_tasks", cfg.eval.batch_size)
         tokenizer = self.tokenizer()
-        corpus = pack_corpus(self.world.documents(), tokenizer, cfg.pretrain.seq_len)
-        corpus_fp = hashlib.sha256(corpus.numpy().tobytes()).hexdigest()[:16]
-        base_key, base = self.pretrain(tokenizer, corpus, corpus_fp)
+        # The packed corpus is a deterministic function of these, so they name it.
+        corpus_fp = content_key({"world": self.world.fingerprint, "tokenizer": self.tokenizer_key,
+                                 "seq_len": cfg.pretrain.seq_len})
+        base_key, base = self.pretrain(tokenizer, corpus_fp)
 
         releases: dict[str, tuple[str, Release]] = {}
         for d in m.defenses:
             try:
-                releases[d.label] = self.defend(d, tokenizer, corpus, corpus_fp, base_key, base)
+                releases[d.label] = self.defend(d, tokenizer, corpus_fp, base_key, base)
             except Exception as err:  # one broken defense must not stop the others
                 self._record_failure("defend", d.label, err)
         scratch = {s: self.scratch(tokenizer, s) for s in cfg.seeds}

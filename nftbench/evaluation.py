@@ -32,8 +32,9 @@ def lm_eval_name(task: Task) -> str:
 
 
 def metric_key(task: Task) -> str:
-    if task.config.lm_eval_task:
-        return f"{task.config.lm_eval_metric},none"
+    if task.config.lm_eval_task:  # "acc_norm" or, with a filter, "exact_match,strict-match"
+        metric = task.config.lm_eval_metric
+        return metric if "," in metric else f"{metric},none"
     return "acc,none" if task.kind == "classification" else "exact_match,none"
 
 

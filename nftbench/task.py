@@ -69,7 +69,9 @@ class TaskConfig(PluginConfig):
     kind: Literal["generative", "classification"] = Field(
         description="generative: exact match of generated text; classification: the answer is one "
         "of a few label strings, scored by log-likelihood")
-    source: Source = Field(description="where the records come from")
+    source: Source | None = Field(
+        None, description="where the records come from (optional for a capability task scored "
+        "by lm_eval_task alone)")
     prompt: str = Field(description="prompt template; {field} names a record field")
     answer: str = Field("{value}", description="answer template (generative), or the label "
                         "string of the gold choice (classification)")
@@ -87,6 +89,10 @@ class TaskConfig(PluginConfig):
 
     @model_validator(mode="after")
     def _templates_parse(self) -> TaskConfig:
+        if self.source is None and not self.lm_eval_task:
+            raise ValueError("source: a task needs a data source or an lm_eval_task")
+        if self.source is None and self.role == "restricted":
+            raise ValueError("source: a restricted task needs a data source to fine-tune on")
         for field_name in ("prompt", "answer"):
             try:
                 template_fields(getattr(self, field_name))
@@ -113,13 +119,24 @@ class Task(Plugin):
     def kind(self) -> str:
         return self.config.kind
 
+    @property
+    def splits(self) -> tuple[Split, ...]:
+        """The splits nftbench reads: none of lm-eval's own tasks, no train split without data."""
+        out: list[Split] = []
+        if self.config.source is not None:
+            out.append("train")
+            if not self.config.lm_eval_task:
+                out.append("eval")
+        return tuple(out)
+
     def examples(self, split: Split, world: World | None) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def fingerprint(self, world: World | None) -> str:
-        """Content hash of both splits: enters every cache key that depends on this task."""
-        payload = json.dumps([self.examples("train", world), self.examples("eval", world)],
-                             sort_keys=True)
+        """Content hash of the data nftbench reads (and of the lm-eval task it names): enters
+        every cache key that depends on this task."""
+        data = [self.examples(split, world) for split in self.splits]
+        payload = json.dumps([data, self.config.lm_eval_task], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -128,6 +145,9 @@ class TemplateTask(Task):
 
     def records(self, split: Split, world: World | None) -> list[dict[str, Any]]:
         src = self.config.source
+        if src is None:
+            raise ValueError(f"task {self.name!r} has no data source; it is scored by lm-eval "
+                             f"task {self.config.lm_eval_task!r}")
         if isinstance(src, WorldSource):
             if world is None:
                 raise ValueError(f"task {self.name!r} needs the embedded world (world: ...)")
@@ -135,8 +155,12 @@ class TemplateTask(Task):
         import datasets  # heavy import: only for tasks that use it
 
         split_name = src.train_split if split == "train" else src.eval_split
-        ds = datasets.load_dataset(src.path, src.name, data_files=src.data_files,
-                                   split=split_name)
+        try:
+            ds = datasets.load_dataset(src.path, src.name, data_files=src.data_files,
+                                       split=split_name)
+        except Exception as err:  # datasets raises many types, some with empty messages
+            raise ValueError(f"task {self.name!r}: cannot load split {split_name!r} of "
+                             f"{src.path!r}: {type(err).__name__}: {err}") from err
         return [dict(row) for row in ds]
 
     def examples(self, split: Split, world: World | None) -> list[dict[str, Any]]:

@@ -119,7 +119,8 @@ class TrainResult:
     steps: int
     tokens: int
     flops: float
-    wall_s: float
+    wall_s: float  # training only
+    eval_s: float = 0.0  # spent in on_eval
     diverged_at: int | None = None
     losses: list[float] = field(default_factory=list)
     points: list[Point] = field(default_factory=list)
@@ -227,4 +228,5 @@ def train(
     bar.close()
     model.eval()
     result.wall_s = time.perf_counter() - start - eval_time
+    result.eval_s = eval_time
     return result

@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 import yaml
-
 from conftest import EXAMPLE_PLUGINS
+
 from nftbench.cli import main
 
 
