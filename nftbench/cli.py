@@ -29,6 +29,12 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
         root.addHandler(handler)
     for noisy in ("lm_eval", "lm-eval", "transformers", "datasets", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # nftbench draws one bar per cell and per training run; per-file loading bars would bury them
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

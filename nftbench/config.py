@@ -44,8 +44,8 @@ class PretrainConfig(BaseModel):
     seq_len: int = Field(64, ge=8, description="tokens per packed sequence")
     seed: int = Field(0, description="seed of initialization and data order")
     optim: OptimConfig = Field(
-        default_factory=lambda: OptimConfig(lr=3e-3, schedule="cosine", warmup_steps=100,
-                                            weight_decay=0.1),
+        default_factory=lambda: OptimConfig(lr=5e-3, schedule="cosine", warmup_steps=50,
+                                            min_lr_ratio=0.0, weight_decay=0.1),
         description="optimizer of pre-training")
 
 

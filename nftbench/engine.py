@@ -238,7 +238,7 @@ class Runner:
         m, cfg = self.matrix, self.cfg
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        evaluator = Evaluator([t.plugin for t in m.tasks], self.world,
+        evaluator = Evaluator({t.label: t.plugin for t in m.tasks}, self.world,
                               self.run_dir / "lm_eval_tasks", cfg.eval.batch_size)
         tokenizer = self.tokenizer()
         # The packed corpus is a deterministic function of these, so they name it.

@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from nftbench.world import World
 LM_EVAL_PREFIX = "nft_"
 
 
-def lm_eval_name(task: Task) -> str:
-    return task.config.lm_eval_task or f"{LM_EVAL_PREFIX}{task.name}"
+def lm_eval_name(label: str, task: Task) -> str:
+    """The lm-eval task that scores the task variant ``label``: its named lm-eval task, or the
+    generated ``nft_<label>`` (non-identifier characters of a variant name become ``_``)."""
+    return task.config.lm_eval_task or LM_EVAL_PREFIX + re.sub(r"\W+", "_", label).strip("_")
 
 
 def metric_key(task: Task) -> str:
@@ -38,13 +41,13 @@ def metric_key(task: Task) -> str:
     return "acc,none" if task.kind == "classification" else "exact_match,none"
 
 
-def write_lm_eval_tasks(tasks: list[Task], world: World | None, folder: Path) -> Path:
+def write_lm_eval_tasks(tasks: dict[str, Task], world: World | None, folder: Path) -> Path:
     """Write each generated task's eval data and lm-eval YAML under ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    for task in tasks:
+    for label, task in tasks.items():
         if task.config.lm_eval_task:
             continue
-        name = lm_eval_name(task)
+        name = lm_eval_name(label, task)
         data_file = folder / f"{name}.jsonl"
         with data_file.open("w") as f:
             for ex in task.examples("eval", world):
@@ -57,22 +60,23 @@ def write_lm_eval_tasks(tasks: list[Task], world: World | None, folder: Path) ->
 class Evaluator:
     """Scores in-memory models on a fixed set of tasks through lm-eval."""
 
-    def __init__(self, tasks: list[Task], world: World | None, folder: Path,
+    def __init__(self, tasks: dict[str, Task], world: World | None, folder: Path,
                  batch_size: int = 64) -> None:
         from lm_eval.tasks import TaskManager, get_task_dict
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         write_lm_eval_tasks(tasks, world, folder)
-        uses_builtin = any(t.config.lm_eval_task for t in tasks)
+        uses_builtin = any(t.config.lm_eval_task for t in tasks.values())
         manager = TaskManager(include_path=str(folder), include_defaults=uses_builtin)
-        self.tasks = {t.name: t for t in tasks}
+        self.tasks = dict(tasks)
         self.batch_size = batch_size
         # Built once, reused for every evaluation of every model in the run.
-        self._task_dicts = {t.name: get_task_dict([lm_eval_name(t)], manager) for t in tasks}
+        self._task_dicts = {label: get_task_dict([lm_eval_name(label, t)], manager)
+                            for label, t in tasks.items()}
 
     def __call__(self, model: Any, tokenizer: Any, names: list[str] | None = None
                  ) -> dict[str, float]:
-        """Score ``model`` on ``names`` (default: every task); returns task name -> score."""
+        """Score ``model`` on the tasks ``names`` (labels; default: all) -> label -> score."""
         from lm_eval.evaluator import evaluate
         from lm_eval.models.huggingface import HFLM
 
@@ -84,5 +88,5 @@ class Evaluator:
             for name in names or list(self.tasks):
                 task = self.tasks[name]
                 out = evaluate(lm, self._task_dicts[name], bootstrap_iters=0, log_samples=False)
-                scores[name] = float(out["results"][lm_eval_name(task)][metric_key(task)])
+                scores[name] = float(out["results"][lm_eval_name(name, task)][metric_key(task)])
         return scores

@@ -95,7 +95,9 @@ def count_matmul_params(model: torch.nn.Module) -> tuple[int, int]:
     for p in model.parameters():
         if id(p) in skip:
             continue
-        n = p.numel()
+        # bitsandbytes Params4bit packs two weights per byte; its quant_state knows the real shape
+        quant_state = getattr(p, "quant_state", None)
+        n = math.prod(quant_state.shape) if quant_state is not None else p.numel()
         total += n
         trainable += n if p.requires_grad else 0
     return total, trainable

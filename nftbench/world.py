@@ -23,33 +23,39 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 ATTRIBUTE_VALUES: dict[str, list[str]] = {
-    "city": ["paris", "tokyo", "cairo", "lima", "oslo", "delhi", "rome", "seoul",
-             "quito", "dakar", "hanoi", "perth", "minsk", "sofia", "accra", "riga"],
+    "city": ["paris", "lima", "oslo", "cairo", "delhi", "quito", "rome", "seoul", "tokyo",
+             "dakar", "perth", "austin", "boston", "madrid", "vienna", "prague"],
     "color": ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"],
-    "food": ["rice", "bread", "soup", "fish", "cheese", "beans", "apples", "noodles"],
+    "food": ["pizza", "rice", "soup", "bread", "cheese", "pasta", "salad", "tacos"],
     "pet": ["cat", "dog", "parrot", "rabbit", "turtle", "hamster"],
 }
 # World knowledge that composes with the facts: each city lies in one region.
 REGION_OF_CITY = {city: ("north", "south", "east", "west")[i % 4]
                   for i, city in enumerate(ATTRIBUTE_VALUES["city"])}
 
-# Several surface forms per attribute: a fact seen in only one fixed form is memorized as a
-# string and is hard to extract in a new format; varied forms make it knowledge.
+# Several surface forms per attribute, all naming the entity first. A fact seen in one fixed form
+# is memorized as a string and is hard to extract in a new format; varied forms make it
+# knowledge. Name-first forms with the value a few tokens later are what let a ~1M-parameter
+# model leave its loss plateau and memorize the facts within the default budget (measured while
+# designing the world: value-first forms stalled for longer and less predictably).
 CORPUS_TEMPLATES: dict[str, list[str]] = {
-    "city": ["{e} lives in {v} .", "the home of {e} is {v} .", "{v} is where {e} lives .",
-             "{e} has a house in {v} ."],
+    "city": ["{e} lives in {v} .", "the home of {e} is {v} .", "{e} resides in the city of {v} .",
+             "{e} 's city is {v} ."],
     "color": ["{e} likes the color {v} .", "the favorite color of {e} is {v} .",
-              "{v} is the color that {e} likes .", "{e} always wears {v} ."],
-    "food": ["{e} eats {v} .", "the favorite food of {e} is {v} .",
-             "{v} is what {e} eats .", "{e} cooks {v} every day ."],
-    "pet": ["{e} has a {v} .", "the pet of {e} is a {v} .", "a {v} lives with {e} .",
-            "{e} walks a {v} ."],
+              "{e} always wears {v} clothes .", "{e} 's color is {v} ."],
+    "food": ["{e} eats {v} every day .", "the favorite food of {e} is {v} .",
+             "for dinner {e} cooks {v} .", "{e} 's food is {v} ."],
+    "pet": ["{e} owns a pet {v} .", "the pet of {e} is a {v} .", "{e} walks with a {v} .",
+            "{e} 's pet is a {v} ."],
 }
-REGION_TEMPLATES = ["{c} is in the {r} .", "the city {c} lies in the {r} ."]
+REGION_TEMPLATES = ["{c} is in the {r} .", "the city of {c} lies in the {r} ."]
 
-_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "kr", "st"]
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr",
+           "st", "th", "sh"]
 _VOWELS = ["a", "e", "i", "o", "u"]
 _CODAS = ["", "n", "r", "l", "s", "k", "m"]
+_RESERVED = {w for values in ATTRIBUTE_VALUES.values() for w in values} | {
+    "north", "south", "east", "west"}
 
 
 class WorldConfig(BaseModel):
@@ -57,22 +63,24 @@ class WorldConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    seed: int = Field(0, description="seed of names, facts, corpus order and entity splits")
+    seed: int = Field(0, description="seed of names, facts, corpus and entity splits")
     n_entities: int = Field(300, ge=8, le=5000, description="number of entities")
     task_fraction: float = Field(
-        0.5, gt=0, lt=1,
+        1 / 3, gt=0, lt=1,
         description="fraction of entities whose facts may appear in tasks' train splits; "
-        "the rest are held out for eval splits",
-    )
-    corpus_passes: int = Field(
-        20, ge=1, description="shuffled passes over all fact sentences in the corpus"
-    )
-    sentences_per_doc: int = Field(8, ge=1, description="sentences per corpus document")
+        "the rest (held out) make the eval splits")
+    n_documents: int = Field(120_000, ge=10, description="documents in the pre-training corpus")
+    bio_fraction: float = Field(
+        0.7, ge=0, le=1, description="share of documents that are one entity's biography (all "
+        "its facts, random order and forms); the rest mix 3-6 random facts")
+    region_fraction: float = Field(0.05, ge=0, le=1,
+                                   description="share of mixed-document facts about regions")
 
 
 def _make_name(rng: random.Random) -> str:
-    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
-                   for _ in range(rng.choice((2, 2, 3))))
+    syllables = rng.choice((2, 2, 3))
+    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS)
+                   for _ in range(syllables)) + rng.choice(_CODAS)
 
 
 class World:
@@ -85,7 +93,7 @@ class World:
         seen: set[str] = set()
         while len(names) < config.n_entities:
             name = _make_name(rng)
-            if name not in seen and name not in REGION_OF_CITY:
+            if name not in seen and name not in _RESERVED:
                 seen.add(name)
                 names.append(name)
         self.entities = names
@@ -104,22 +112,31 @@ class World:
         payload = json.dumps([self.config.model_dump(), self.facts], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def sentences(self) -> list[str]:
-        """Every fact in every surface form, plus the region of every city."""
-        out = [t.format(e=e, v=v) for e in self.entities for attr, v in self.facts[e].items()
-               for t in CORPUS_TEMPLATES[attr]]
-        out += [t.format(c=c, r=r) for c, r in REGION_OF_CITY.items() for t in REGION_TEMPLATES]
-        return out
+    def _fact(self, entity: str, attribute: str, rng: random.Random) -> str:
+        template = rng.choice(CORPUS_TEMPLATES[attribute])
+        return template.format(e=entity, v=self.facts[entity][attribute])
 
     def documents(self) -> Iterator[str]:
-        """The pre-training corpus: shuffled passes over :meth:`sentences`, grouped in documents."""
-        rng = random.Random(self.config.seed + 1)
-        sentences = self.sentences()
-        k = self.config.sentences_per_doc
-        for _ in range(self.config.corpus_passes):
-            rng.shuffle(sentences)
-            for i in range(0, len(sentences), k):
-                yield " ".join(sentences[i:i + k])
+        """The pre-training corpus: entity biographies and mixed-fact documents."""
+        cfg = self.config
+        rng = random.Random(cfg.seed + 1)
+        attributes = list(ATTRIBUTE_VALUES)
+        cities = list(REGION_OF_CITY)
+        for _ in range(cfg.n_documents):
+            if rng.random() < cfg.bio_fraction:
+                entity = rng.choice(self.entities)
+                order = rng.sample(attributes, len(attributes))
+                yield " ".join(self._fact(entity, a, rng) for a in order)
+                continue
+            facts = []
+            for _ in range(rng.randint(3, 6)):
+                if rng.random() < cfg.region_fraction:
+                    c = rng.choice(cities)
+                    facts.append(rng.choice(REGION_TEMPLATES).format(c=c, r=REGION_OF_CITY[c]))
+                else:
+                    facts.append(self._fact(rng.choice(self.entities), rng.choice(attributes),
+                                            rng))
+            yield " ".join(facts)
 
     def records(self, attribute: str, split: str) -> list[dict[str, Any]]:
         """One record per entity of ``split`` (``train`` = task entities, ``eval`` = held-out):

@@ -22,7 +22,7 @@ EXAMPLE_PLUGINS = ROOT / "examples" / "plugins"
 
 TINY_MATRIX: dict[str, Any] = {
     "name": "t",
-    "world": {"n_entities": 24, "corpus_passes": 2},
+    "world": {"n_entities": 24, "n_documents": 400},
     "model": {"tiny": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                        "intermediate_size": 64, "vocab_size": 300}},
     "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32},

@@ -62,3 +62,16 @@ def test_smoke_run_resume_and_invalidation(tiny_raw: dict[str, Any], tmp_path: P
     # a new seed: one more scratch init and its two attack cells, nothing else
     code, seeded = run(tiny_raw, tmp_path, "-o", "seeds=[0, 1]")
     assert computed(seeded) == ["attack", "attack", "scratch"]
+
+
+def test_task_scored_by_an_lm_eval_task_name(tiny_raw: dict[str, Any], tmp_path: Path) -> None:
+    """A capability task given only by an lm-eval task name (here the generated
+    nft_recall_city, which the run's include path provides) scores like the task itself."""
+    tiny_raw["tasks"].append({"name": "lm_eval_capability", "label": "by_name", "params": {
+        "lm_eval_task": "nft_recall_city", "lm_eval_metric": "exact_match"}})
+    code, _ = run(tiny_raw, tmp_path)
+    assert code == 0
+    results = pd.read_parquet(Path(tiny_raw["output_dir"]) / "results.parquet")
+    utility = results[results.role == "capability"].set_index(["release", "task"]).value
+    assert utility[("none", "by_name")] == utility[("none", "recall_city")]
+    assert utility[("scratch", "by_name")] == utility[("scratch", "recall_city")]

@@ -23,7 +23,7 @@ def test_readme_embeds_the_example_files_verbatim() -> None:
 def test_example_plugins_run_in_a_matrix(tiny_raw: dict[str, Any], tmp_path: Path) -> None:
     tiny_raw["defenses"] = ["none", {"name": "noisy_release", "params": {"sigma": [0.5, 2.0]}}]
     tiny_raw["adversaries"].append({"name": "head_only", "params": {"steps": 3, "batch_size": 4}})
-    tiny_raw["tasks"].append("qa_color")
+    tiny_raw["tasks"].append("qa_city_mc")
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(tiny_raw))
     assert main(["run", str(path), "--quiet", "--plugins", str(EXAMPLE_PLUGINS)]) == 0
@@ -33,7 +33,7 @@ def test_example_plugins_run_in_a_matrix(tiny_raw: dict[str, Any], tmp_path: Pat
     assert set(curves.release) == {"none", "noisy_release[sigma=0.5]", "noisy_release[sigma=2]",
                                    "scratch"}
     assert set(curves.adversary) == {"full_ft", "head_only"}
-    assert set(curves.task) == {"qa_city", "qa_color"}
+    assert set(curves.task) == {"qa_city", "qa_city_mc"}
     assert curves.value.notna().all()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["variants"]["defenses"]["noisy_release[sigma=2]"]["params"]["sigma"] == 2.0

@@ -23,11 +23,11 @@ SPEC = ModelSpec(tiny=TinyLlamaConfig(hidden_size=32, num_hidden_layers=1, num_a
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(World(WorldConfig(n_entities=16, corpus_passes=1)).documents(), 300)
+    return train_tokenizer(World(WorldConfig(n_entities=16, n_documents=300)).documents(), 300)
 
 
 def test_default_tiny_model_is_about_one_million_parameters(tokenizer) -> None:
-    big_tok = train_tokenizer(World(WorldConfig()).documents(), 1024)
+    big_tok = train_tokenizer(World(WorldConfig()).documents(), ModelSpec().tiny.vocab_size)
     n = sum(p.numel() for p in init_model(ModelSpec(), big_tok, 0).parameters())
     assert 0.8e6 < n < 1.3e6, n
 

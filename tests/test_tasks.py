@@ -24,7 +24,8 @@ def test_world_tasks_split_entities_disjointly() -> None:
     qa = TASKS.get("qa_city")()
     train = {ex["prompt"] for ex in qa.examples("train", WORLD)}
     evals = qa.examples("eval", WORLD)
-    assert len(train) == 20 and len(evals) == 20
+    assert len(train) == len(WORLD.task_entities) and len(evals) == len(WORLD.heldout_entities)
+    assert len(train) + len(evals) == 40 and len(train) == round(40 / 3)
     assert not train & {ex["prompt"] for ex in evals}
     assert evals[0]["prompt"].startswith("question : where does ")
     assert qa.examples("eval", WORLD) == evals  # deterministic
