@@ -83,7 +83,19 @@ class AttackContext:
     budget_points: Callable[[int], list[int]]
     progress: bool = True
     desc: str = "attack"
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: free-form numbers an adversary reports (stored with the curve)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    #: an adversary's guess of a private mask; the harness scores it after the attack returns
+    mask_guess: dict[str, torch.Tensor] | None = None
+
+    def report(self, **values: Any) -> None:
+        """Record diagnostics of this attack (JSON-serializable values)."""
+        self.diagnostics.update(values)
+
+    def report_mask_guess(self, mask: dict[str, torch.Tensor]) -> None:
+        """Hand the harness a guessed mask (parameter name -> bool tensor). The harness, not
+        the adversary, compares it with the defense's private mask, if there is one."""
+        self.mask_guess = {name: m.detach().bool().cpu() for name, m in mask.items()}
 
     def finetune(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  examples: list[dict[str, Any]], *, steps: int, batch_size: int,

@@ -33,6 +33,7 @@ from nftbench.config import Matrix, Variant
 from nftbench.data import corpus_batches, pack_corpus
 from nftbench.evaluation import Evaluator
 from nftbench.manifest import write_manifest
+from nftbench.masks import MASK_FILE, load_mask, mask_iou
 from nftbench.models import (
     init_model,
     load_pretrained,
@@ -90,6 +91,7 @@ class Runner:
         self.world = World(self.cfg.world)
         self.stages: list[StageLog] = []
         self._corpus: torch.Tensor | None = None
+        self._private: dict[str, Path] = {}  # release key -> its private artifacts (harness only)
         self.task_data = {t.label: {s: t.plugin.examples(s, self.world) for s in t.plugin.splits}
                           for t in matrix.tasks}
         self.task_fp = {t.label: t.plugin.fingerprint(self.world) for t in matrix.tasks}
@@ -181,6 +183,7 @@ class Runner:
         if defense.uses_restricted_data:
             payload["restricted"] = {k: self.task_fp[k] for k in restricted}
         key, path = self._stage("defend", variant.label, payload, build)
+        self._private[key] = path / "private"
         return key, Release(path / "release", self.cfg.model)
 
     def scratch(self, tokenizer, seed: int) -> tuple[str, Release]:
@@ -218,7 +221,13 @@ class Runner:
                 progress=self.progress, desc=f"{adversary.label}/{task.label}/s{seed}")
             torch.manual_seed(seed)
             result = adversary.plugin.attack(release, self.task_data[task.label]["train"], ctx)
+            diagnostics = dict(ctx.diagnostics)
+            private_mask = self._private.get(release_key, Path("/nonexistent")) / MASK_FILE
+            if ctx.mask_guess is not None and private_mask.exists():
+                # scored here, by the harness: the adversary never sees the private mask
+                diagnostics["mask_iou"] = mask_iou(ctx.mask_guess, load_mask(private_mask))
             write_json(tmp / "curve.json", {
+                "diagnostics": diagnostics,
                 "diverged_at": result.diverged_at, "steps": result.steps,
                 "tokens": result.tokens, "flops": result.flops, "wall_s": result.wall_s,
                 "eval_s": result.eval_s,
@@ -336,6 +345,12 @@ def curve_rows(curve: dict[str, Any], ids: dict[str, Any], task: str) -> list[di
     if status == "diverged":
         out.append(row(**ids, step=curve["diverged_at"], metric="diverged_at",
                        value=float(curve["diverged_at"]), status=status))
+    last = curve["points"][-1] if curve["points"] else {}
+    for name, value in curve.get("diagnostics", {}).items():
+        if isinstance(value, int | float):
+            out.append(row(**ids, step=last.get("step"), tokens=last.get("tokens"),
+                           flops=last.get("flops"), metric=name, value=float(value),
+                           status=status))
     return out
 
 

@@ -1,0 +1,170 @@
+"""Adaptive attacks: mask recovery (scored by the harness), re-initialization, long and hot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from adversaries.adaptive import (
+    LongHotConfig,
+    MaskRecovery,
+    MaskRecoveryConfig,
+    Reinit,
+    ReinitConfig,
+    estimate_trained_fraction,
+)
+from nftbench.api import AttackContext, Defense, DefenseContext, Release
+from nftbench.cli import main
+from nftbench.masks import MASK_FILE, global_topk, load_mask, mask_iou, save_mask
+from nftbench.models import ModelSpec, TinyLlamaConfig, init_model, save_release, train_tokenizer
+from nftbench.registry import ADVERSARIES, PluginConfig, register_defense
+from nftbench.world import World, WorldConfig
+
+SPEC = ModelSpec(tiny=TinyLlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64, vocab_size=300))
+RHO = 0.3
+
+
+def shrink_complement(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """A random global mask of RHO; everything outside it scaled toward zero (what PMP's
+    `projected` complement looks like in a release)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    mask = global_topk({n: torch.rand(p.shape, generator=gen) for n, p in params.items()}, RHO)
+    with torch.no_grad():
+        for n, p in params.items():
+            p.mul_(torch.where(mask[n], 1.0, 1e-3))
+    return mask
+
+
+@register_defense("test_shrunk_complement", version="1")
+class ShrunkComplement(Defense):
+    """Test-only: the base with a random complement shrunk toward zero; the mask kept private."""
+
+    class Config(PluginConfig):
+        pass
+
+    def defend(self, ctx: DefenseContext) -> None:
+        model, _ = ctx.base.load()
+        save_mask(shrink_complement(model, seed=0), ctx.private_dir / MASK_FILE)
+        ctx.save_release(model)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    world = World(WorldConfig(n_entities=40, n_documents=300))
+    tokenizer = train_tokenizer(world.documents(), 300)
+    folder = tmp_path_factory.mktemp("adaptive")
+    model = init_model(SPEC, tokenizer, 0)
+    dense = Release(save_release(model, tokenizer, folder / "dense"), SPEC)
+    mask = shrink_complement(model, seed=1)
+    shrunk = Release(save_release(model, tokenizer, folder / "shrunk"), SPEC)
+    from nftbench.registry import TASKS
+    from tasks import register_task_files  # noqa: F401  (built-in tasks are registered)
+
+    examples = TASKS.get("qa_city")().examples("train", world)
+    return dense, shrunk, mask, examples
+
+
+def context(seed: int = 0) -> AttackContext:
+    return AttackContext(seed=seed, evaluate=lambda m, t: {}, budget_points=lambda s: [0, s],
+                         progress=False)
+
+
+def test_masks_round_trip_bit_packed(tmp_path: Path) -> None:
+    mask = {"a": torch.rand(3, 5) > 0.5, "b": torch.rand(7) > 0.2}
+    save_mask(mask, tmp_path / MASK_FILE)
+    back = load_mask(tmp_path / MASK_FILE)
+    assert all(torch.equal(mask[k], back[k]) for k in mask)
+    assert (tmp_path / MASK_FILE).stat().st_size < 200
+    assert mask_iou(mask, back) == 1.0 and mask_iou(mask, {k: ~v for k, v in mask.items()}) == 0
+
+
+def test_mask_recovery_recovers_a_shrunk_complement(setup) -> None:
+    _, shrunk, true_mask, examples = setup
+    model, _ = shrunk.load()
+    assert estimate_trained_fraction(list(model.parameters())) == pytest.approx(RHO, abs=0.02)
+    ctx = context()
+    MaskRecovery(MaskRecoveryConfig(steps=2, batch_size=4)).attack(shrunk, examples, ctx)
+    assert mask_iou(ctx.mask_guess, true_mask) >= 0.9
+    assert ctx.diagnostics["estimated_rho"] == pytest.approx(RHO, abs=0.02)
+
+
+def test_mask_recovery_trains_only_the_guess(setup) -> None:
+    _, shrunk, _, examples = setup
+    ctx = context()
+    attack = MaskRecovery(MaskRecoveryConfig(steps=20, batch_size=8, lr=3e-3))
+    before, _ = shrunk.load()
+    captured = {}
+
+    def evaluate(model, tok):
+        captured["model"] = model
+        return {}
+
+    ctx.evaluate = evaluate
+    result = attack.attack(shrunk, examples, ctx)
+    assert result.losses[-1] < result.losses[0]
+    after = dict(captured["model"].named_parameters())
+    for name, p in before.named_parameters():
+        outside = ~ctx.mask_guess[name]
+        assert torch.equal(p[outside], after[name].detach()[outside]), name
+    changed = sum(int((p != after[n].detach()).sum()) for n, p in before.named_parameters())
+    assert changed > 0
+
+
+def test_saliency_guess(setup) -> None:
+    _, shrunk, true_mask, examples = setup
+    ctx = context()
+    MaskRecovery(MaskRecoveryConfig(steps=1, batch_size=8, score="saliency", rho=RHO)).attack(
+        shrunk, examples, ctx)
+    # |w * grad| is a weaker guess than |w|: embedding rows of tokens absent from the attacker's
+    # batches get no gradient at all. Two independent masks of density RHO have an expected IoU
+    # of RHO^2 / (2 RHO - RHO^2) = 0.18; the guess must clearly beat that.
+    chance = RHO**2 / (2 * RHO - RHO**2)
+    assert mask_iou(ctx.mask_guess, true_mask) > 2 * chance
+
+
+@pytest.mark.parametrize("target", ["head", "smallest"])
+def test_reinit_redraws_then_trains(setup, target: str) -> None:
+    dense, _, _, examples = setup
+    ctx = context()
+    result = Reinit(ReinitConfig(target=target, steps=20, batch_size=8, lr=3e-3)).attack(
+        dense, examples, ctx)
+    model, _ = dense.load()
+    expected = model.get_output_embeddings().weight.numel() if target == "head" else round(
+        0.1 * sum(p.numel() for p in model.parameters() if p.dim() >= 2))
+    assert ctx.diagnostics["reinitialized"] == expected
+    assert result.losses[-1] < result.losses[0]
+
+
+def test_long_hot_defaults_and_registry() -> None:
+    cfg = LongHotConfig()
+    assert (cfg.steps, cfg.optimizer, cfg.lr) == (1500, "adam", 3e-3)
+    for name in ("mask_recovery", "reinit", "long_hot"):
+        assert name in ADVERSARIES
+
+
+def test_harness_reports_iou_from_the_private_mask(tiny_raw: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    tiny_raw["defenses"] = ["none", "test_shrunk_complement"]
+    tiny_raw["adversaries"] = [{"name": "mask_recovery", "params": {"steps": 2, "batch_size": 4}},
+                               {"name": "long_hot", "params": {"steps": 2, "batch_size": 4}}]
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw))
+    assert main(["run", str(path), "--quiet"]) == 0
+    out = Path(tiny_raw["output_dir"])
+    results = pd.read_parquet(out / "results.parquet")
+    iou = results[results.metric == "mask_iou"]
+    assert list(iou.release) == ["test_shrunk_complement"]  # only a release with a private mask
+    assert iou.value.iloc[0] >= 0.9
+    assert set(results[results.metric == "estimated_rho"].release) == {
+        "none", "test_shrunk_complement", "scratch"}
+    # the release the adversary saw holds no mask; the private folder beside it does
+    release = out / "releases" / "test_shrunk_complement"
+    assert not any("mask" in p.name for p in release.iterdir())
+    assert (release.resolve().parent / "private" / MASK_FILE).exists()
