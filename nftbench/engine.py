@@ -291,7 +291,7 @@ class Runner:
             rows += curve_rows(curve, ids, task.label)
 
         results = pd.DataFrame(rows, columns=RESULT_COLUMNS).astype(
-            {"seed": "Int64", "step": "Int64", "tokens": "Int64"})
+            {"seed": "Int64", "step": "Int64", "tokens": "Int64", "trial": "Int64"})
         outcome = RunOutcome(results=results, stages=self.stages,
                              wall_s=time.perf_counter() - start)
         results.to_csv(self.run_dir / "results.csv", index=False)
@@ -322,7 +322,7 @@ class Runner:
 
 
 RESULT_COLUMNS = ["release", "adversary", "task", "role", "seed", "step", "tokens", "flops",
-                  "wall_s", "peak_mem_mb", "metric", "value", "status", "authorized"]
+                  "wall_s", "peak_mem_mb", "metric", "value", "status", "authorized", "trial"]
 
 
 def row(**kw: Any) -> dict[str, Any]:
@@ -346,6 +346,10 @@ def curve_rows(curve: dict[str, Any], ids: dict[str, Any], task: str) -> list[di
         out.append(row(**ids, step=curve["diverged_at"], metric="diverged_at",
                        value=float(curve["diverged_at"]), status=status))
     last = curve["points"][-1] if curve["points"] else {}
+    for e in curve.get("diagnostics", {}).get("effort", []):  # a sweep's attacker-effort curve
+        for metric, value in (("effort_best", e["best_score"]), ("trial_score", e["score"])):
+            out.append(row(**ids, trial=e["trial"], tokens=e["tokens"], flops=e["flops"],
+                           metric=metric, value=value, status=status))
     for name, value in curve.get("diagnostics", {}).items():
         if isinstance(value, int | float):
             out.append(row(**ids, step=last.get("step"), tokens=last.get("tokens"),

@@ -168,3 +168,39 @@ def test_harness_reports_iou_from_the_private_mask(tiny_raw: dict[str, Any],
     release = out / "releases" / "test_shrunk_complement"
     assert not any("mask" in p.name for p in release.iterdir())
     assert (release.resolve().parent / "private" / MASK_FILE).exists()
+
+
+def test_sweep_selects_and_records_attacker_effort(tiny_raw: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    tiny_raw["adversaries"] = [{"name": "sweep", "params": {
+        "params": {"steps": 3, "batch_size": 4}, "grid": {"lr": [1e-4, 1e-2]},
+        "select": ["validation", "oracle"]}}]
+    tiny_raw["tasks"] = ["qa_color"]
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw))
+    assert main(["run", str(path), "--quiet"]) == 0
+    results = pd.read_parquet(Path(tiny_raw["output_dir"]) / "results.parquet")
+    assert set(results.adversary) == {"sweep[select=validation]", "sweep[select=oracle]"}
+    oracle = results[(results.adversary == "sweep[select=oracle]") & (results.release == "none")]
+    effort = oracle[oracle.metric == "effort_best"].sort_values("trial")
+    trials = oracle[oracle.metric == "trial_score"].sort_values("trial")
+    assert effort.trial.tolist() == [1, 2]
+    assert effort.flops.is_monotonic_increasing and effort.value.is_monotonic_increasing
+    assert effort.value.iloc[-1] == trials.value.max()  # the oracle keeps the best eval score
+    final = oracle[(oracle.metric == "score")].sort_values("step").value.iloc[-1]
+    assert final == trials.value.max()
+
+
+def test_sweep_config_is_validated() -> None:
+    from adversaries.sweep import Sweep, SweepConfig
+
+    with pytest.raises(ValueError, match="grid"):
+        SweepConfig(grid={})
+    with pytest.raises(ValueError, match="unknown adversary 'nope'"):
+        SweepConfig(adversary="nope")
+    with pytest.raises(ValueError, match="Input should be greater than 0"):
+        SweepConfig(grid={"lr": [1e-3, -1.0]})
+    sweep = Sweep(SweepConfig(params={"steps": 5}, grid={"lr": [1e-3, 1e-2], "batch_size": [4]},
+                              max_trials=1))
+    (trial,) = sweep.trials(seed=0)
+    assert trial.config.steps == 5 and trial.config.lr in (1e-3, 1e-2)

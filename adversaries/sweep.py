@@ -1,0 +1,144 @@
+"""The sweep attacker: the best of many attacks over a hyperparameter grid.
+
+Each trial is a full attack by another registered adversary with one grid point of its
+parameters. The sweep reports the curve of the trial it selects, and the attacker-effort curve:
+the score of the best trial so far against the number of trials and the compute spent on all
+of them (``effort`` in the cell's diagnostics; rows ``effort_best`` in the results table, one
+per trial, with cumulative tokens and FLOPs).
+
+Selection, named honestly:
+
+* ``validation`` (default, what a real attacker can do): trials train on the attacker's train
+  data minus a held-out share, and the trial with the lowest answer loss on that share wins.
+* ``oracle``: the trial with the highest eval score wins. No attacker has the eval split; this
+  is an upper bound on what the grid can reach, for worst-case reporting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import replace
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from nftbench.api import Adversary, AttackContext, Release
+from nftbench.data import encode_examples, example_batches
+from nftbench.registry import ADVERSARIES, PluginConfig, register_adversary
+from nftbench.train import TrainResult
+
+
+class SweepConfig(PluginConfig):
+    """A grid of attacks and how the best one is chosen."""
+
+    adversary: str = Field("full_ft", description="the registered adversary whose parameters "
+                           "are swept")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="fixed parameters of every trial")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=lambda: {"lr": [1e-4, 3e-4, 1e-3, 3e-3],
+                                 "optimizer": ["adamw", "sgd_momentum"]},
+        description="parameter -> values; trials are the product, in order")
+    max_trials: int | None = Field(None, ge=1, description="keep this many trials of the grid, "
+                                   "drawn at random with the cell's seed (null: all)")
+    select: Literal["validation", "oracle"] = Field(
+        "validation", description="validation: lowest answer loss on held-out train data "
+        "(realistic); oracle: highest eval score (an upper bound, not an attack)")
+    validation_fraction: float = Field(0.2, gt=0, lt=1,
+                                       description="(validation) share of train data held out")
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not v or any(not values for values in v.values()):
+            raise ValueError("the grid needs at least one parameter with at least one value")
+        return v
+
+    @model_validator(mode="after")
+    def _trials_validate(self) -> SweepConfig:
+        """Every trial's config is checked now, not hours into a run."""
+        if self.adversary == "sweep":
+            raise ValueError("adversary: a sweep cannot sweep sweeps")
+        try:
+            cls = ADVERSARIES.get(self.adversary)
+        except KeyError as err:
+            raise ValueError(f"adversary: {err}") from None
+        for values in itertools.product(*self.grid.values()):
+            point = dict(zip(self.grid, values, strict=True))
+            try:
+                cls.Config(**{**self.params, **point})
+            except ValidationError as err:
+                raise ValueError(f"trial {point}: {err.errors()[0]['loc']}: "
+                                 f"{err.errors()[0]['msg']}") from None
+        return self
+
+
+@torch.no_grad()
+def answer_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str, Any]],
+                batch_size: int = 64) -> float:
+    """Mean loss on the answers of ``examples`` (the attacker's own validation signal)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = encode_examples(examples, tokenizer)
+    batches = example_batches(encoded, min(batch_size, len(encoded)), seed=0, pad_id=pad)
+    device = next(model.parameters()).device
+    n = max(1, len(encoded) // min(batch_size, len(encoded)))
+    losses = [float(model(**{k: v.to(device) for k, v in next(batches).items()}).loss)
+              for _ in range(n)]
+    return sum(losses) / len(losses)
+
+
+@register_adversary("sweep", version="1")
+class Sweep(Adversary):
+    """The best attack over a hyperparameter grid, with the attacker-effort curve."""
+
+    Config = SweepConfig
+    config: SweepConfig
+
+    def trials(self, seed: int) -> list[Adversary]:
+        cfg = self.config
+        cls = ADVERSARIES.get(cfg.adversary)
+        points = [dict(zip(cfg.grid, values, strict=True))
+                  for values in itertools.product(*cfg.grid.values())]
+        if cfg.max_trials and cfg.max_trials < len(points):
+            points = random.Random(seed).sample(points, cfg.max_trials)
+        return [cls(cls.Config(**{**cfg.params, **point})) for point in points]
+
+    def attack(self, release: Release, examples: list[dict[str, Any]],
+               ctx: AttackContext) -> TrainResult:
+        cfg = self.config
+        train, held_out = examples, []
+        if cfg.select == "validation":
+            order = random.Random(ctx.seed).sample(range(len(examples)), len(examples))
+            cut = max(1, round(cfg.validation_fraction * len(examples)))
+            held_out = [examples[i] for i in order[:cut]]
+            train = [examples[i] for i in order[cut:]]
+
+        def evaluate(model: Any, tokenizer: Any) -> dict[str, float]:
+            scores = ctx.evaluate(model, tokenizer)
+            if held_out:
+                scores["_validation_loss"] = answer_loss(model, tokenizer, held_out)
+            return scores
+
+        best: tuple[float, TrainResult] | None = None
+        effort, tokens, flops = [], 0, 0.0
+        for i, trial in enumerate(self.trials(ctx.seed), start=1):
+            trial_ctx = replace(ctx, evaluate=evaluate, diagnostics={}, mask_guess=None,
+                                desc=f"{ctx.desc} trial {i}")
+            result = trial.attack(release, train, trial_ctx)
+            tokens, flops = tokens + result.tokens, flops + result.flops
+            final = result.points[-1].scores if result.points and not result.diverged else {}
+            score = next((v for k, v in final.items() if not k.startswith("_")), float("nan"))
+            # higher is better for both criteria; a diverged trial never wins
+            merit = (-final["_validation_loss"] if cfg.select == "validation" and final
+                     else score if final else float("-inf"))
+            if best is None or merit > best[0]:
+                best = (merit, result)
+                best_score = score
+            effort.append({"trial": i, "params": trial.config.model_dump(mode="json"),
+                           "score": score, "diverged": result.diverged, "tokens": tokens,
+                           "flops": flops, "best_score": best_score})
+        assert best is not None  # the grid is never empty
+        ctx.report(effort=effort, trials=len(effort))
+        return best[1]
