@@ -75,3 +75,46 @@ def test_task_scored_by_an_lm_eval_task_name(tiny_raw: dict[str, Any], tmp_path:
     utility = results[results.role == "capability"].set_index(["release", "task"]).value
     assert utility[("none", "by_name")] == utility[("none", "recall_city")]
     assert utility[("scratch", "by_name")] == utility[("scratch", "recall_city")]
+
+
+class Boom(Exception):
+    pass
+
+
+def test_diverged_and_failed_cells_are_recorded_and_the_matrix_goes_on(
+        tiny_raw: dict[str, Any], tmp_path: Path) -> None:
+    from nftbench.api import Adversary
+    from nftbench.registry import PluginConfig, register_adversary
+
+    @register_adversary("test_broken", version="1")
+    class Broken(Adversary):
+        """Test-only: raises."""
+
+        class Config(PluginConfig):
+            pass
+
+        def attack(self, release, examples, ctx):
+            raise Boom("this attack is broken")
+
+    tiny_raw["adversaries"] = [
+        {"name": "full_ft", "label": "hot", "params": {
+            "steps": 6, "batch_size": 4, "optimizer": "sgd", "lr": 1.0e6, "grad_clip": None}},
+        {"name": "reinit", "params": {"steps": 3, "batch_size": 4}},
+        "test_broken"]
+    code, manifest = run(tiny_raw, tmp_path)
+    assert code == 3  # some cells failed
+    results = pd.read_parquet(Path(tiny_raw["output_dir"]) / "results.parquet")
+    cells = results[results.role == "restricted"]
+    hot = cells[cells.adversary == "hot"]
+    assert set(hot.status) == {"diverged"}
+    assert (hot.metric == "diverged_at").sum() == 2  # none and scratch, each with its step
+    assert set(cells[cells.adversary == "reinit"].status) == {"ok"}
+    broken = cells[cells.adversary == "test_broken"]
+    assert set(broken.status) == {"failed"} and broken.value.isna().all()
+    failures = [s for s in manifest["stages"] if s["status"] == "failed"]
+    assert len(failures) == 2 and "this attack is broken" in failures[0]["error"]
+    # failed cells are not stored: a rerun retries them (and the others come from the store)
+    code, again = run(tiny_raw, tmp_path)
+    assert code == 3
+    reran = [(s["kind"], s["status"]) for s in again["stages"] if not s["cached"]]
+    assert reran == [("attack", "failed"), ("attack", "failed")]
