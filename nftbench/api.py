@@ -87,6 +87,9 @@ class AttackContext:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     #: an adversary's guess of a private mask; the harness scores it after the attack returns
     mask_guess: dict[str, torch.Tensor] | None = None
+    #: scores the capability tasks; run once on the attacked model after training
+    evaluate_capability: Callable[[PreTrainedModel, PreTrainedTokenizerBase],
+                                  dict[str, float]] | None = None
 
     def report(self, **values: Any) -> None:
         """Record diagnostics of this attack (JSON-serializable values)."""
@@ -107,10 +110,14 @@ class AttackContext:
             else tokenizer.eos_token_id
         batches = example_batches(encode_examples(examples, tokenizer), batch_size, self.seed,
                                   pad)
-        return train(model, batches, steps, optim, params=params,
-                     eval_at=self.budget_points(steps),
-                     on_eval=lambda step: self.evaluate(model, tokenizer),
-                     grad_hook=grad_hook, desc=self.desc, progress=self.progress)
+        result = train(model, batches, steps, optim, params=params,
+                       eval_at=self.budget_points(steps),
+                       on_eval=lambda step: self.evaluate(model, tokenizer),
+                       grad_hook=grad_hook, desc=self.desc, progress=self.progress)
+        if self.evaluate_capability is not None and not result.diverged:
+            with torch.no_grad():  # what the attack cost the model's normal use
+                self.report(capability_after=self.evaluate_capability(model.eval(), tokenizer))
+        return result
 
 
 class Adversary(Plugin):

@@ -215,8 +215,11 @@ class Runner:
         label = f"{adversary.label} > {release_label} / {task.label} / seed {seed}"
 
         def build(tmp: Path) -> None:
+            capability = [t.label for t in self.matrix.capability_tasks]
             ctx = AttackContext(
                 seed=seed, evaluate=lambda m, t: evaluator(m, t, [task.label]),
+                evaluate_capability=(lambda m, t: evaluator(m, t, capability)) if capability
+                else None,
                 budget_points=lambda steps: budget_points(points, steps),
                 progress=self.progress, desc=f"{adversary.label}/{task.label}/s{seed}")
             torch.manual_seed(seed)
@@ -236,7 +239,9 @@ class Runner:
         payload = {"release": release_key, "adversary": adversary.name,
                    "version": adversary.version, "params": adversary.params,
                    "task": task.label, "task_params": task.params, "data": self.task_fp[task.label],
-                   "seed": seed, "budget_points": points}
+                   "seed": seed, "budget_points": points,
+                   "capability_after": {t.label: self.task_fp[t.label]
+                                        for t in self.matrix.capability_tasks}}
         _, path = self._stage("attack", label, payload, build)
         return read_json(path / "curve.json")
 
@@ -350,6 +355,10 @@ def curve_rows(curve: dict[str, Any], ids: dict[str, Any], task: str) -> list[di
         for metric, value in (("effort_best", e["best_score"]), ("trial_score", e["score"])):
             out.append(row(**ids, trial=e["trial"], tokens=e["tokens"], flops=e["flops"],
                            metric=metric, value=value, status=status))
+    for cap_task, value in curve.get("diagnostics", {}).get("capability_after", {}).items():
+        out.append(row(**dict(ids, task=cap_task, role="capability"), step=last.get("step"),
+                       tokens=last.get("tokens"), flops=last.get("flops"),
+                       metric="score_after_attack", value=value, status=status))
     for name, value in curve.get("diagnostics", {}).items():
         if isinstance(value, int | float):
             out.append(row(**ids, step=last.get("step"), tokens=last.get("tokens"),

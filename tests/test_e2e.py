@@ -38,8 +38,10 @@ def test_smoke_run_resume_and_invalidation(tiny_raw: dict[str, Any], tmp_path: P
         assert curve.value.between(0, 1).all()
         assert curve.tokens.iloc[0] == 0 and curve.tokens.iloc[1] > 0
         assert curve.flops.iloc[1] > 0
-    utility = results[results.role == "capability"]
+    utility = results[(results.role == "capability") & (results.metric == "score")]
     assert set(utility.release) == {"none", "scratch"} and set(utility.task) == {"recall_city"}
+    after = results[results.metric == "score_after_attack"]  # capability of attacked models
+    assert len(after) == 2 and set(after.adversary) == {"full_ft"} and set(after.step) == {4}
     assert pd.read_csv(out / "results.csv").shape == results.shape
     for field in ("config", "config_hash", "packages", "git", "hardware", "data_fingerprints",
                   "wall_s"):
@@ -72,7 +74,8 @@ def test_task_scored_by_an_lm_eval_task_name(tiny_raw: dict[str, Any], tmp_path:
     code, _ = run(tiny_raw, tmp_path)
     assert code == 0
     results = pd.read_parquet(Path(tiny_raw["output_dir"]) / "results.parquet")
-    utility = results[results.role == "capability"].set_index(["release", "task"]).value
+    utility = results[(results.role == "capability") & (results.metric == "score")]
+    utility = utility.set_index(["release", "task"]).value
     assert utility[("none", "by_name")] == utility[("none", "recall_city")]
     assert utility[("scratch", "by_name")] == utility[("scratch", "recall_city")]
 
