@@ -1,4 +1,4 @@
-"""Command line: ``nftbench run CONFIG`` and ``nftbench list``."""
+"""Command line: ``nftbench run CONFIG``, ``nftbench report RUN_DIR``, ``nftbench list``."""
 
 from __future__ import annotations
 
@@ -67,7 +67,26 @@ def cmd_run(args: argparse.Namespace) -> int:
              outcome.wall_s, computed, cached, len(outcome.failed), run_dir / "results.csv")
     for s in outcome.failed:
         log.error("failed: %s %s\n%s", s.kind, s.label, textwrap.indent(s.error or "", "    "))
+    from nftbench.report import write_report
+
+    paths = write_report(run_dir)
+    log.info("report: %d files in %s", len(paths), run_dir / "report")
     return STATUS_FAILED if outcome.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nftbench.report import ReportConfig, write_report
+
+    cfg = ReportConfig(level=args.level, threshold=args.threshold, epsilon=args.epsilon,
+                       x_axis=args.x)
+    try:
+        paths = write_report(args.run_dir, cfg)
+    except FileNotFoundError as err:
+        print(f"nftbench: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    for path in paths:
+        print(path)
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -101,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered plugins and their config fields")
     lst.add_argument("--kind", choices=list(REGISTRIES), help="only this kind")
     lst.add_argument("--brief", action="store_true", help="names only")
+    rep = sub.add_parser("report", help="write leaderboards and figures for a run folder")
+    rep.add_argument("run_dir", help="a run folder (holds results.parquet)")
+    rep.add_argument("--x", choices=["step", "tokens", "flops"], default="step",
+                     help="x-axis of the learning curves")
+    rep.add_argument("--level", type=float, default=0.95, help="confidence level")
+    rep.add_argument("--threshold", type=float, default=0.9,
+                     help="steps-to-threshold level, a fraction of none's final score")
+    rep.add_argument("--epsilon", type=float, default=0.05,
+                     help="largest capability drop of the epsilon-bounded worst case")
+    rep.set_defaults(func=cmd_report)
     for p in (run, lst):
         p.add_argument("--plugins", action="append", default=[], metavar="DIR",
                        help="a folder of plugin files (*.py, task *.yaml) to load")

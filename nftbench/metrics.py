@@ -130,6 +130,7 @@ def cell_table(results: pd.DataFrame) -> pd.DataFrame:
 def _paired(cells: pd.DataFrame, adversary: str, task: str, releases: list[str],
             value: str) -> pd.DataFrame:
     """seed x release matrix of ``value`` over the seeds where every release's cell is ok."""
+    releases = list(dict.fromkeys(releases))  # `none` compared with itself is one column
     c = cells[(cells.adversary == adversary) & (cells.task == task)
               & cells.release.isin(releases) & (cells.status == "ok")]
     wide = c.pivot_table(index="seed", columns="release", values=value)
