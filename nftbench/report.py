@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -241,9 +242,10 @@ def plot_heatmap(board: pd.DataFrame, folder: Path) -> list[Path]:
     tasks = sorted(board.task.unique())
     defenses = [d for d in releases_in_order(board.rename(columns={"defense": "release"}))]
     adversaries = sorted(board.adversary.unique())
-    fig, axes = plt.subplots(1, len(tasks), squeeze=False,
-                             figsize=(1.2 + 1.1 * len(adversaries) * len(tasks),
-                                      1.4 + 0.5 * len(defenses)))
+    label_width = 0.08 * max(len(d) for d in defenses)  # inches for the y tick labels
+    fig, axes = plt.subplots(1, len(tasks), squeeze=False, sharey=True,
+                             figsize=(label_width + 1.5 + 1.1 * len(adversaries) * len(tasks),
+                                      1.6 + 0.5 * len(defenses)))
     for ax, task in zip(axes[0], tasks, strict=True):
         grid = board[board.task == task].pivot_table(index="defense", columns="adversary",
                                                       values="rg").reindex(
@@ -258,10 +260,11 @@ def plot_heatmap(board: pd.DataFrame, folder: Path) -> list[Path]:
         ax.set_xticks(range(len(adversaries)), adversaries, rotation=30, ha="right",
                       fontsize=8)
         ax.set_yticks(range(len(defenses)), defenses, fontsize=8)
+        ax.tick_params(axis="y", labelleft=ax is axes[0][0])  # labels once, at the left
         ax.set_title(task, fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), label="relative gain to scratch (RG)", shrink=0.8)
-    fig.suptitle("Relative gain to scratch (1: no protection, 0: as good as scratch)",
-                 fontsize=10)
+    fig.suptitle("Relative gain to scratch\n(1: no protection, 0: as good as scratch)",
+                 fontsize=10, y=1.1)
     out = [folder / "heatmap_rg.png", folder / "heatmap_rg.pdf"]
     fig.savefig(out[0], dpi=150, bbox_inches="tight")
     fig.savefig(out[1], bbox_inches="tight")
@@ -319,13 +322,19 @@ def plot_sweeps(board: pd.DataFrame, manifest: dict[str, Any], folder: Path) -> 
             if b.empty:
                 continue
             fig, ax = plt.subplots(figsize=(5.5, 3.8))
+            skipped = []
             for (adversary, task), g in b.groupby(["adversary", "task"]):
                 g = g.sort_values("x")
+                if g.rg.isna().all():
+                    skipped.append(f"{adversary} / {task}")
+                    continue
                 ax.errorbar(g.x, g.rg, yerr=[g.rg - g.rg_ci_low, g.rg_ci_high - g.rg],
                             marker="o", capsize=3, label=f"RG: {adversary} / {task}")
             u = b.groupby("x").utility_retention.first().sort_index()
             ax.plot(u.index, u.values, "k--", marker="s", label="utility retention")
-            ax.set_xlabel(f"{plugin}: {key}")
+            ax.set_xticks(sorted(set(b.x)))
+            ax.set_xlabel(f"{plugin}: {key}" + (f"  (RG undefined: {', '.join(skipped)})"
+                                                 if skipped else ""))
             ax.set_ylabel("relative gain to scratch / utility retention")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
@@ -349,6 +358,7 @@ def plot_effort(results: pd.DataFrame, folder: Path) -> list[Path]:
                      label=label)
         axes[1].plot(mean.flops, mean.value, style, marker="o", color=palette[release])
     axes[0].set_xlabel("trials")
+    axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[1].set_xlabel("training FLOPs spent on all trials")
     axes[1].set_xscale("log")
     axes[0].set_ylabel("score of the best attack so far")
