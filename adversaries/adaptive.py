@@ -12,18 +12,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adversaries.finetune import FullFineTune, FullFineTuneConfig
-from nftbench.api import AttackContext, Release
+from nftbench.api import AttackContext
 from nftbench.data import encode_examples, example_batches
 from nftbench.masks import global_topk, mask_fraction
 from nftbench.registry import register_adversary
-from nftbench.train import TrainResult
 
 
 def estimate_trained_fraction(weights: list[torch.Tensor], bins: int = 256) -> float:
@@ -62,10 +63,9 @@ class MaskRecovery(FullFineTune):
     Config = MaskRecoveryConfig
     config: MaskRecoveryConfig
 
-    def attack(self, release: Release, examples: list[dict[str, Any]],
-               ctx: AttackContext) -> TrainResult:
+    def prepare(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                examples: list[dict[str, Any]], ctx: AttackContext) -> Callable[[], None]:
         cfg = self.config
-        model, tokenizer = release.load()
         params = dict(model.named_parameters())
         rho = cfg.rho or estimate_trained_fraction(list(params.values()))
         if cfg.score == "magnitude":
@@ -82,8 +82,7 @@ class MaskRecovery(FullFineTune):
                 if p.grad is not None:
                     p.grad.mul_(keep[n])
 
-        return ctx.finetune(model, tokenizer, examples, steps=cfg.steps,
-                            batch_size=cfg.batch_size, optim=cfg.optim(), grad_hook=only_guess)
+        return only_guess
 
     def _saliency(self, model: torch.nn.Module, tokenizer: Any, examples: list[dict[str, Any]],
                   seed: int) -> dict[str, torch.Tensor]:
@@ -121,10 +120,9 @@ class Reinit(FullFineTune):
     Config = ReinitConfig
     config: ReinitConfig
 
-    def attack(self, release: Release, examples: list[dict[str, Any]],
-               ctx: AttackContext) -> TrainResult:
+    def prepare(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                examples: list[dict[str, Any]], ctx: AttackContext) -> None:
         cfg = self.config
-        model, tokenizer = release.load()
         std = cfg.init_std or getattr(model.config, "initializer_range", 0.02)
         gen = torch.Generator().manual_seed(ctx.seed)
         with torch.no_grad():
@@ -141,8 +139,6 @@ class Reinit(FullFineTune):
                     fresh = (torch.randn(p.shape, generator=gen) * std).to(p.device, p.dtype)
                     p.copy_(torch.where(m, fresh, p))
                 ctx.report(reinitialized=int(sum(int(m.sum()) for m in redraw.values())))
-        return ctx.finetune(model, tokenizer, examples, steps=cfg.steps,
-                            batch_size=cfg.batch_size, optim=cfg.optim())
 
 
 class LongHotConfig(FullFineTuneConfig):

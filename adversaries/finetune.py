@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nftbench.api import Adversary, AttackContext, Release
 from nftbench.registry import PluginConfig, register_adversary
@@ -31,5 +33,13 @@ class FullFineTune(Adversary):
     def attack(self, release: Release, examples: list[dict[str, Any]],
                ctx: AttackContext) -> TrainResult:
         model, tokenizer = release.load()
+        grad_hook = self.prepare(model, tokenizer, examples, ctx)
         return ctx.finetune(model, tokenizer, examples, steps=self.config.steps,
-                            batch_size=self.config.batch_size, optim=self.config.optim())
+                            batch_size=self.config.batch_size, optim=self.config.optim(),
+                            grad_hook=grad_hook)
+
+    def prepare(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                examples: list[dict[str, Any]], ctx: AttackContext) -> Callable[[], None] | None:
+        """Change the loaded release before training (adaptive attacks override this); may
+        return a gradient hook that runs after every backward pass."""
+        return None
