@@ -47,6 +47,7 @@ from nftbench.world import World
 
 log = logging.getLogger("nftbench")
 SCRATCH = "scratch"
+CAPABILITY_AFTER = "capability_after/"  # metric prefix: capability of an attacked model
 STATUS_FAILED = 3  # exit code when some cells failed
 
 
@@ -63,7 +64,8 @@ class StageLog:
     label: str
     key: str
     cached: bool
-    wall_s: float
+    wall_s: float  # in this run (0 for a stage found in the store)
+    computed_wall_s: float | None = None  # when the stored entry was computed
     status: str = "ok"
     error: str | None = None
 
@@ -102,7 +104,8 @@ class Runner:
         """Return (key, entry path), running ``build(tmp_dir)`` if the entry is missing."""
         key = self.store.key(kind, payload)
         if self.store.has(kind, key):
-            self.stages.append(StageLog(kind, label, key, cached=True, wall_s=0.0))
+            self.stages.append(StageLog(kind, label, key, cached=True, wall_s=0.0,
+                                        computed_wall_s=self.store.meta(kind, key)["wall_s"]))
             log.info("%-8s %-40s cached  (%s)", kind, label, key[:10])
             return key, self.store.path(kind, key)
         log.info("%-8s %-40s running (%s)", kind, label, key[:10])
@@ -110,7 +113,8 @@ class Runner:
         with self.store.write(kind, key, payload) as tmp:
             build(tmp)
         wall = time.perf_counter() - start
-        self.stages.append(StageLog(kind, label, key, cached=False, wall_s=wall))
+        self.stages.append(StageLog(kind, label, key, cached=False, wall_s=wall,
+                                    computed_wall_s=wall))
         log.info("%-8s %-40s done in %.1fs", kind, label, wall)
         return key, self.store.path(kind, key)
 
@@ -356,9 +360,11 @@ def curve_rows(curve: dict[str, Any], ids: dict[str, Any], task: str) -> list[di
             out.append(row(**ids, trial=e["trial"], tokens=e["tokens"], flops=e["flops"],
                            metric=metric, value=value, status=status))
     for cap_task, value in curve.get("diagnostics", {}).get("capability_after", {}).items():
-        out.append(row(**dict(ids, task=cap_task, role="capability"), step=last.get("step"),
-                       tokens=last.get("tokens"), flops=last.get("flops"),
-                       metric="score_after_attack", value=value, status=status))
+        # the attacked model's capability: a row of the attack cell, the capability task named
+        # in the metric
+        out.append(row(**ids, step=last.get("step"), tokens=last.get("tokens"),
+                       flops=last.get("flops"), metric=f"{CAPABILITY_AFTER}{cap_task}",
+                       value=value, status=status))
     for name, value in curve.get("diagnostics", {}).items():
         if isinstance(value, int | float):
             out.append(row(**ids, step=last.get("step"), tokens=last.get("tokens"),

@@ -40,8 +40,8 @@ def test_smoke_run_resume_and_invalidation(tiny_raw: dict[str, Any], tmp_path: P
         assert curve.flops.iloc[1] > 0
     utility = results[(results.role == "capability") & (results.metric == "score")]
     assert set(utility.release) == {"none", "scratch"} and set(utility.task) == {"recall_city"}
-    after = results[results.metric == "score_after_attack"]  # capability of attacked models
-    assert len(after) == 2 and set(after.adversary) == {"full_ft"} and set(after.step) == {4}
+    after = results[results.metric == "capability_after/recall_city"]  # of attacked models
+    assert len(after) == 2 and set(after.task) == {"qa_city"} and set(after.step) == {4}
     assert pd.read_csv(out / "results.csv").shape == results.shape
     for field in ("config", "config_hash", "packages", "git", "hardware", "data_fingerprints",
                   "wall_s"):

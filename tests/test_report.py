@@ -45,8 +45,8 @@ def table() -> pd.DataFrame:
         rows.append(row(release=release, adversary="-", task="cap", role="capability",
                         step=0, metric="score", value=cap))
         if release != "scratch":  # capability of the attacked models
-            rows.append(row(release=release, adversary="ft", task="cap", role="capability",
-                            seed=0, step=20, metric="score_after_attack", value=cap - 0.01))
+            rows.append(row(release=release, adversary="ft", task="qa", role="restricted",
+                            seed=0, step=20, metric="capability_after/cap", value=cap - 0.01))
     for trial, best in ((1, 0.3), (2, 0.6)):
         rows.append(row(release="none", adversary="ft", task="qa", role="restricted", seed=0,
                         trial=trial, flops=1e6 * trial, metric="effort_best", value=best))
@@ -83,6 +83,7 @@ def test_leaderboard_counts_failed_and_diverged_apart() -> None:
     assert qa.utility_retention == pytest.approx(0.5)
     assert qa.delta_vs_none == pytest.approx(0.45 - 0.85)
     assert qa.gain == pytest.approx(0.45)
+    assert qa.capability_drop == pytest.approx(0.01)
     qb = board.loc[("def[s=1]", "qb")]
     assert (qb.n_seeds, qb.n_failed, qb.n_diverged) == (2, 1, 0)
     assert qb.rg_undefined and np.isnan(qb.rg)  # never counted as resisted
