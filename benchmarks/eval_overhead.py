@@ -48,10 +48,13 @@ def main() -> None:
         eval_s=("eval_s", "mean"), points=("points", "mean")).reset_index()
     per_task["eval_share"] = per_task.eval_s / per_task.cell_s
     per_task["s_per_point"] = per_task.eval_s / per_task.points
-    total = df[["cell_s", "eval_s"]].sum()
+    # the rest: loading the release, the capability check of the attacked model, saving
+    per_task["not_training_share"] = 1 - per_task.train_s / per_task.cell_s
+    total = df[["cell_s", "eval_s", "train_s"]].sum()
     print(f"config: {args.config}  (means over cells; times in seconds)")
     print(per_task.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-    print(f"all cells: evaluation is {total.eval_s / total.cell_s:.1%} of attack wall time")
+    print(f"all cells: curve evaluation is {total.eval_s / total.cell_s:.1%} of attack wall "
+          f"time; everything but training {1 - total.train_s / total.cell_s:.1%}")
 
 
 if __name__ == "__main__":
