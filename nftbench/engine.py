@@ -229,10 +229,11 @@ class Runner:
             torch.manual_seed(seed)
             result = adversary.plugin.attack(release, self.task_data[task.label]["train"], ctx)
             diagnostics = dict(ctx.diagnostics)
-            private_mask = self._private.get(release_key, Path("/nonexistent")) / MASK_FILE
-            if ctx.mask_guess is not None and private_mask.exists():
+            private = self._private.get(release_key)  # scratch releases have none
+            if ctx.mask_guess is not None and private and (private / MASK_FILE).exists():
                 # scored here, by the harness: the adversary never sees the private mask
-                diagnostics["mask_iou"] = mask_iou(ctx.mask_guess, load_mask(private_mask))
+                diagnostics["mask_iou"] = mask_iou(ctx.mask_guess,
+                                                   load_mask(private / MASK_FILE))
             write_json(tmp / "curve.json", {
                 "diagnostics": diagnostics,
                 "diverged_at": result.diverged_at, "steps": result.steps,
@@ -298,6 +299,11 @@ class Runner:
                 rows.append(row(**ids, step=None, metric="score", value=None, status="failed"))
                 continue
             rows += curve_rows(curve, ids, task.label)
+        for d in m.defenses:  # a defense that failed: its cells count as failed, not resisted
+            if d.label not in releases:
+                rows += [row(release=d.label, adversary=a.label, task=t.label,
+                             role="restricted", seed=s, metric="score", status="failed")
+                         for a in m.adversaries for t in m.restricted_tasks for s in cfg.seeds]
 
         results = pd.DataFrame(rows, columns=RESULT_COLUMNS).astype(
             {"seed": "Int64", "step": "Int64", "tokens": "Int64", "trial": "Int64"})

@@ -123,3 +123,27 @@ def test_diverged_and_failed_cells_are_recorded_and_the_matrix_goes_on(
     assert code == 3
     reran = [(s["kind"], s["status"]) for s in again["stages"] if not s["cached"]]
     assert reran == [("attack", "failed"), ("attack", "failed")]
+
+
+def test_a_failed_defense_counts_its_cells_as_failed(tiny_raw: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    from nftbench.api import Defense
+    from nftbench.registry import PluginConfig, register_defense
+
+    @register_defense("test_broken_defense", version="1")
+    class BrokenDefense(Defense):
+        """Test-only: raises."""
+
+        class Config(PluginConfig):
+            pass
+
+        def defend(self, ctx):
+            raise Boom("this defense is broken")
+
+    tiny_raw["defenses"] = ["none", "test_broken_defense"]
+    code, _ = run(tiny_raw, tmp_path)
+    assert code == 3
+    results = pd.read_parquet(Path(tiny_raw["output_dir"]) / "results.parquet")
+    broken = results[results.release == "test_broken_defense"]
+    assert len(broken) == 1 and set(broken.status) == {"failed"}  # 1 adversary x 1 task x 1 seed
+    assert set(results[results.release == "none"].status) == {"ok"}
