@@ -149,7 +149,7 @@ def train(
     eval_at: Sequence[int] = (),
     on_eval: Callable[[int], dict[str, float]] | None = None,
     grad_hook: Callable[[], None] | None = None,
-    after_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int], bool | None] | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> TrainResult:
@@ -158,8 +158,9 @@ def train(
     ``params`` defaults to every parameter that requires grad (or pass param groups).
     ``on_eval(step)`` runs at each step in ``eval_at`` (0 = before training; model in eval mode)
     and its scores are stored on that point. ``grad_hook()`` runs after backward, before
-    clipping; ``after_step(step)`` after the optimizer step. A non-finite loss stops training and
-    sets ``diverged_at``; evaluation points after it are not produced.
+    clipping; ``after_step(step)`` after the optimizer step, and returning True stops training
+    there (an early-stopping rule). A non-finite loss stops training and sets ``diverged_at``;
+    evaluation points after it are not produced.
     """
     device = next(model.parameters()).device
     if params is None:
@@ -214,8 +215,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(clip_params, optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if after_step is not None:
-            after_step(step)
+        stop = after_step(step) if after_step is not None else False
         n_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch \
             else batch["input_ids"].numel()
         result.steps = step
@@ -227,6 +227,8 @@ def train(
             bar.set_postfix(loss=f"{loss_value:.3f}")
         if step in eval_at:
             record(step)
+        if stop:
+            break
     bar.close()
     model.eval()
     result.wall_s = time.perf_counter() - start - eval_time

@@ -1,0 +1,188 @@
+"""PMP: Private Mask Pre-Training (Wang et al., arXiv 2602.00446), as the paper and the authors'
+public pre-training script describe it.
+
+1. Save theta_0, the random initialization (the same one the dense base starts from).
+2. Stage I, early-bird mask discovery: dense AdamW training (lr 2e-5, no weight decay, no
+   schedule, micro-batches of 4) that scores every element by |grad| after each backward pass
+   and takes one exact global top-k over all parameters (k = rho * elements); it stops when the
+   IoU between consecutive masks is >= 0.99 for 5 consecutive steps, else after 500 steps with
+   the last mask. Options: an EMA of the scores over batches (a single batch's gradient is
+   noisy, so the IoU rule rarely fires without it), |grad * w| scores, a per-tensor quota,
+   and tensors excluded from masking.
+3. Rewind every weight to theta_0.
+4. Stage II, ticket training: the dense base's pre-training budget and optimizer (the same data,
+   tokens and settings as `none`), with the complement's gradients zeroed after every backward
+   pass and the complement held out of weight decay. The complement either stays exactly at
+   theta_0 (`frozen`, the paper's W* = W_m* + W_{1-m}^0) or is projected onto a global L2 ball
+   of radius R every tau steps (`projected`, the authors' script; with R = 2 this shrinks it
+   toward zero, which reveals the mask in the released weights).
+5. Release the dense weights; the bit-packed mask and the statistics stay private.
+
+``mask: random`` is the ablation: a uniformly random mask of the same ratio, no Stage I.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from nftbench.api import Defense, DefenseContext
+from nftbench.masks import MASK_FILE, Mask, global_topk, mask_iou, save_mask
+from nftbench.registry import PluginConfig, register_defense
+from nftbench.train import OptimConfig, train
+
+STATS_FILE = "pmp_stats.json"
+
+
+class PMPConfig(PluginConfig):
+    """PMP's knobs; defaults are the authors' script's unless noted."""
+
+    rho: float = Field(0.5, gt=0, le=1, description="trainable fraction of the elements (the "
+                       "paper's mask ratio; the authors use 0.5 and 0.9)")
+    complement: Literal["frozen", "projected"] = Field(
+        "frozen", description="frozen: stays at theta_0 (the paper); projected: L2-ball "
+        "projection of radius `radius` every `tau` steps (the authors' script)")
+    mask: Literal["early_bird", "random"] = Field(
+        "early_bird", description="early_bird: Stage I gradient scores; random: ablation, a "
+        "uniformly random mask of the same ratio")
+    eb_max_steps: int = Field(500, ge=1, description="Stage I: at most this many steps")
+    eb_iou: float = Field(0.99, gt=0, le=1, description="Stage I: IoU of consecutive masks ...")
+    eb_patience: int = Field(5, ge=1, description="... reached this many steps in a row stops")
+    eb_lr: float = Field(2e-5, gt=0, description="Stage I AdamW lr (no decay, no schedule)")
+    eb_batch_size: int = Field(4, ge=1, description="Stage I micro-batch (sequences)")
+    score: Literal["grad", "grad_weight"] = Field(
+        "grad", description="element score: |grad| (the script) or |grad * w|")
+    ema: float | None = Field(None, ge=0, lt=1, description="EMA decay of the scores over "
+                              "steps (null: the current batch only, as the script)")
+    quota: Literal["global", "per_tensor"] = Field(
+        "global", description="global: one top-k over all parameters (the script); per_tensor: "
+        "rho of every tensor")
+    exclude: tuple[Literal["embeddings", "norms"], ...] = Field(
+        (), description="tensors kept out of the mask and trained densely (the script "
+        "excludes nothing); rho applies to the rest")
+    tau: int = Field(200, ge=1, description="(projected) steps between projections")
+    radius: float = Field(2.0, gt=0, description="(projected) L2 radius of the complement")
+    log_every: int = Field(50, ge=1, description="steps between complement-norm records")
+
+
+def excluded(name: str, param: torch.Tensor, exclude: tuple[str, ...]) -> bool:
+    if "embeddings" in exclude and ("embed_tokens" in name or "lm_head" in name):
+        return True
+    return "norms" in exclude and param.dim() == 1 and "norm" in name
+
+
+def select_mask(scores: dict[str, torch.Tensor], cfg: PMPConfig,
+                skip: set[str]) -> Mask:
+    """The ticket: top rho of the scores (globally or per tensor); skipped tensors all in."""
+    scored = {n: s for n, s in scores.items() if n not in skip}
+    if cfg.quota == "global":
+        mask = global_topk(scored, cfg.rho)
+    else:
+        mask = {n: global_topk({n: s}, cfg.rho)[n] for n, s in scored.items()}
+    mask.update({n: torch.ones_like(scores[n], dtype=torch.bool) for n in skip})
+    return {n: mask[n] for n in scores}  # parameter order
+
+
+@register_defense("pmp", version="1")
+class PMP(Defense):
+    """Private Mask Pre-Training: train a sparse ticket found early, release dense weights."""
+
+    Config = PMPConfig
+    config: PMPConfig
+
+    def defend(self, ctx: DefenseContext) -> None:
+        cfg, pre = self.config, ctx.pretrain
+        model = ctx.init_model(pre.seed)  # theta_0 of the dense base too
+        params = dict(model.named_parameters())
+        theta_0 = {n: p.detach().clone() for n, p in params.items()}
+        skip = {n for n, p in params.items() if excluded(n, p, cfg.exclude)}
+        stats: dict = {"config": cfg.model_dump(mode="json")}
+
+        if cfg.mask == "random":
+            gen = torch.Generator().manual_seed(pre.seed)
+            mask = select_mask({n: torch.rand(p.shape, generator=gen) for n, p in params.items()},
+                               cfg, skip)
+        else:
+            mask, stats["stage1"] = self.early_bird(model, ctx, skip)
+            with torch.no_grad():  # rewind to theta_0 (lottery-ticket rewinding to step 0)
+                for n, p in params.items():
+                    p.copy_(theta_0[n])
+
+        keep = {n: m.to(params[n].device, params[n].dtype) for n, m in mask.items()}
+        # What the complement must be after every step: theta_0 there (frozen), or its latest
+        # projection; zeros on the ticket. One copy of the weights, made once.
+        anchor = {n: theta_0[n] * (1 - keep[n]) for n in params}
+        norms: list[tuple[int, float]] = [(0, complement_norm(anchor))]
+
+        def zero_complement_grads() -> None:
+            for n, p in params.items():
+                if p.grad is not None:
+                    p.grad.mul_(keep[n])
+
+        @torch.no_grad()
+        def hold_complement(step: int) -> None:
+            if cfg.complement == "projected" and step % cfg.tau == 0:
+                norm = complement_norm(anchor)
+                if norm > cfg.radius:
+                    for a in anchor.values():
+                        a.mul_(cfg.radius / norm)
+            for n, p in params.items():  # undoes weight decay on the complement, in place
+                p.mul_(keep[n]).add_(anchor[n])
+            if step % cfg.log_every == 0:
+                norms.append((step, complement_norm(anchor)))
+
+        result = train(model, ctx.corpus_batches(pre.batch_size, pre.seed), pre.steps,
+                       pre.optim, grad_hook=zero_complement_grads, after_step=hold_complement,
+                       desc="pmp stage II", progress=ctx.progress)
+        if result.diverged:
+            raise FloatingPointError(f"PMP stage II diverged at step {result.diverged_at}")
+        stats["stage2"] = {"steps": result.steps, "tokens": result.tokens,
+                           "losses": result.losses[:: max(1, len(result.losses) // 200)],
+                           "complement_norm": norms}
+        stats["trained_fraction"] = {n: float(m.float().mean()) for n, m in mask.items()}
+        stats["total_fraction"] = sum(int(m.sum()) for m in mask.values()) / sum(
+            m.numel() for m in mask.values())
+        ctx.save_release(model)
+        save_mask(mask, ctx.private_dir / MASK_FILE)
+        (ctx.private_dir / STATS_FILE).write_text(json.dumps(stats, indent=1))
+
+    def early_bird(self, model: torch.nn.Module, ctx: DefenseContext,
+                   skip: set[str]) -> tuple[Mask, dict]:
+        """Stage I: dense training that scores elements until the mask stops changing."""
+        cfg = self.config
+        params = dict(model.named_parameters())
+        state: dict = {"scores": None, "mask": None, "streak": 0, "iou": [], "stop": None}
+
+        def score() -> None:  # after backward (a uniform clip scale leaves top-k unchanged)
+            now = {n: (p.grad * p if cfg.score == "grad_weight" else p.grad).detach().abs()
+                   for n, p in params.items()}
+            prev = state["scores"]
+            state["scores"] = now if prev is None or cfg.ema is None else {
+                n: cfg.ema * prev[n] + (1 - cfg.ema) * now[n] for n in now}
+
+        def check(step: int) -> bool:
+            mask = select_mask(state["scores"], cfg, skip)
+            if state["mask"] is not None:
+                iou = mask_iou(mask, state["mask"])
+                state["iou"].append(iou)
+                state["streak"] = state["streak"] + 1 if iou >= cfg.eb_iou else 0
+            state["mask"] = mask
+            if state["streak"] >= cfg.eb_patience:
+                state["stop"] = step
+                return True
+            return False
+
+        optim = OptimConfig(optimizer="adamw", lr=cfg.eb_lr, weight_decay=0.0, grad_clip=1.0)
+        result = train(model, ctx.corpus_batches(cfg.eb_batch_size, ctx.pretrain.seed + 1),
+                       cfg.eb_max_steps, optim, grad_hook=score, after_step=check,
+                       desc="pmp stage I", progress=ctx.progress)
+        return state["mask"], {"iou": state["iou"], "stopped_at": state["stop"],
+                               "steps": result.steps, "early_bird": state["stop"] is not None}
+
+
+def complement_norm(anchor: dict[str, torch.Tensor]) -> float:
+    return math.sqrt(sum(float(a.float().pow(2).sum()) for a in anchor.values()))
