@@ -122,6 +122,7 @@ class Sweep(Adversary):
             return scores
 
         best: tuple[float, TrainResult] | None = None
+        best_score = float("nan")  # eval score of the trial selected so far
         effort, tokens, flops = [], 0, 0.0
         for i, trial in enumerate(self.trials(ctx.seed), start=1):
             trial_ctx = replace(ctx, evaluate=evaluate, diagnostics={}, mask_guess=None,

@@ -14,7 +14,6 @@ with its traceback and the matrix goes on; a diverged attack is a result, stored
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -126,7 +125,7 @@ class Runner:
     def tokenizer(self):
         spec = self.cfg.model
         if not spec.is_tiny:
-            self.tokenizer_key = content_hash(spec.name_or_path)
+            self.tokenizer_key = content_key(spec.name_or_path)
             return load_tokenizer(spec)
 
         def build(tmp: Path) -> None:
@@ -377,10 +376,6 @@ def curve_rows(curve: dict[str, Any], ids: dict[str, Any], task: str) -> list[di
                            flops=last.get("flops"), metric=name, value=float(value),
                            status=status))
     return out
-
-
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def write_json(path: Path, obj: Any) -> None:
