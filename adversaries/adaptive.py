@@ -62,6 +62,7 @@ class MaskRecovery(FullFineTune):
 
     Config = MaskRecoveryConfig
     config: MaskRecoveryConfig
+    owner_recipe = False  # an attack only
 
     def prepare(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 examples: list[dict[str, Any]], ctx: AttackContext) -> Callable[[], None]:
@@ -119,6 +120,7 @@ class Reinit(FullFineTune):
 
     Config = ReinitConfig
     config: ReinitConfig
+    owner_recipe = False  # an attack only
 
     def prepare(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 examples: list[dict[str, Any]], ctx: AttackContext) -> None:
@@ -156,3 +158,4 @@ class LongHot(FullFineTune):
 
     Config = LongHotConfig
     config: LongHotConfig
+    owner_recipe = False  # an attack only

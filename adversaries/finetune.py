@@ -29,6 +29,7 @@ class FullFineTune(Adversary):
 
     Config = FullFineTuneConfig
     config: FullFineTuneConfig
+    owner_recipe = True  # the owner's authorized tuning uses the same recipe
 
     def attack(self, release: Release, examples: list[dict[str, Any]],
                ctx: AttackContext) -> TrainResult:

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field
+from transformers import PreTrainedModel
 
-from nftbench.api import Defense, DefenseContext
-from nftbench.masks import MASK_FILE, Mask, global_topk, mask_iou, save_mask
+from nftbench.api import Authorization, Defense, DefenseContext
+from nftbench.masks import MASK_FILE, Mask, global_topk, load_mask, mask_iou, save_mask
 from nftbench.registry import PluginConfig, register_defense
 from nftbench.train import OptimConfig, train
 
@@ -87,7 +90,7 @@ def select_mask(scores: dict[str, torch.Tensor], cfg: PMPConfig,
     return {n: mask[n] for n in scores}  # parameter order
 
 
-@register_defense("pmp", version="1")
+@register_defense("pmp", version="2")
 class PMP(Defense):
     """Private Mask Pre-Training: train a sparse ticket found early, release dense weights."""
 
@@ -112,31 +115,18 @@ class PMP(Defense):
                 for n, p in params.items():
                     p.copy_(theta_0[n])
 
-        keep = {n: m.to(params[n].device, params[n].dtype) for n, m in mask.items()}
-        # What the complement must be after every step: theta_0 there (frozen), or its latest
-        # projection; zeros on the ticket. One copy of the weights, made once.
-        anchor = {n: theta_0[n] * (1 - keep[n]) for n in params}
-        norms: list[tuple[int, float]] = [(0, complement_norm(anchor))]
+        ticket = TicketHooks(model, mask)
+        norms: list[tuple[int, float]] = [(0, ticket.complement_norm())]
 
-        def zero_complement_grads() -> None:
-            for n, p in params.items():
-                if p.grad is not None:
-                    p.grad.mul_(keep[n])
-
-        @torch.no_grad()
         def hold_complement(step: int) -> None:
             if cfg.complement == "projected" and step % cfg.tau == 0:
-                norm = complement_norm(anchor)
-                if norm > cfg.radius:
-                    for a in anchor.values():
-                        a.mul_(cfg.radius / norm)
-            for n, p in params.items():  # undoes weight decay on the complement, in place
-                p.mul_(keep[n]).add_(anchor[n])
+                ticket.project(cfg.radius)
+            ticket.after_step(step)
             if step % cfg.log_every == 0:
-                norms.append((step, complement_norm(anchor)))
+                norms.append((step, ticket.complement_norm()))
 
         result = train(model, ctx.corpus_batches(pre.batch_size, pre.seed), pre.steps,
-                       pre.optim, grad_hook=zero_complement_grads, after_step=hold_complement,
+                       pre.optim, grad_hook=ticket.grad_hook, after_step=hold_complement,
                        desc="pmp stage II", progress=ctx.progress)
         if result.diverged:
             raise FloatingPointError(f"PMP stage II diverged at step {result.diverged_at}")
@@ -149,6 +139,17 @@ class PMP(Defense):
         ctx.save_release(model)
         save_mask(mask, ctx.private_dir / MASK_FILE)
         (ctx.private_dir / STATS_FILE).write_text(json.dumps(stats, indent=1))
+
+    def authorize(self, private_dir: Path) -> Callable[[PreTrainedModel], Authorization]:
+        """The owner's tuning: only the ticket's elements move, the complement stays as
+        released (its gradients zeroed, and weight decay undone on it)."""
+        mask = load_mask(private_dir / MASK_FILE)
+
+        def hooks(model: PreTrainedModel) -> Authorization:
+            ticket = TicketHooks(model, mask)
+            return Authorization(grad_hook=ticket.grad_hook, after_step=ticket.after_step)
+
+        return hooks
 
     def early_bird(self, model: torch.nn.Module, ctx: DefenseContext,
                    skip: set[str]) -> tuple[Mask, dict]:
@@ -184,5 +185,41 @@ class PMP(Defense):
                                "steps": result.steps, "early_bird": state["stop"] is not None}
 
 
-def complement_norm(anchor: dict[str, torch.Tensor]) -> float:
-    return math.sqrt(sum(float(a.float().pow(2).sum()) for a in anchor.values()))
+class TicketHooks:
+    """Training restricted to a mask's elements, in place: ``grad_hook`` zeroes the
+    complement's gradients after backward, ``after_step`` puts the complement back where it
+    must be (undoing weight decay), ``project`` shrinks it onto an L2 ball. Holds one masked
+    copy of the weights, made once; nothing is copied per step."""
+
+    def __init__(self, model: torch.nn.Module, mask: Mask) -> None:
+        self.params = [p for n, p in model.named_parameters() if n in mask]
+        names = [n for n, _ in model.named_parameters() if n in mask]
+        self.keep = [mask[n].to(p.device, p.dtype) for n, p in zip(names, self.params,
+                                                                    strict=True)]
+        # the complement's values (zeros on the ticket): theta_0's, or the release's
+        self.anchor = [p.detach() * (1 - k) for p, k in zip(self.params, self.keep,
+                                                            strict=True)]
+
+    @torch.no_grad()
+    def grad_hook(self) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if len(grads) == len(self.params):
+            torch._foreach_mul_(grads, self.keep)
+        else:
+            for p, k in zip(self.params, self.keep, strict=True):
+                if p.grad is not None:
+                    p.grad.mul_(k)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        torch._foreach_mul_(self.params, self.keep)
+        torch._foreach_add_(self.params, self.anchor)
+
+    @torch.no_grad()
+    def project(self, radius: float) -> None:
+        norm = self.complement_norm()
+        if norm > radius:
+            torch._foreach_mul_(self.anchor, radius / norm)
+
+    def complement_norm(self) -> float:
+        return math.sqrt(sum(float(a.float().pow(2).sum()) for a in self.anchor))

@@ -40,6 +40,15 @@ class Release:
         return load_release(self.path, self.spec)
 
 
+@dataclass
+class Authorization:
+    """How the owner fine-tunes its own release with its private artifacts (PMP: only the
+    masked elements move). Built by :meth:`Defense.authorize` for one loaded model."""
+
+    grad_hook: Callable[[], None] | None = None  # after every backward pass
+    after_step: Callable[[int], bool | None] | None = None  # after every optimizer step
+
+
 class Defense(Plugin):
     """Turns a model spec (+ corpus, + restricted-task data if it needs it) into a release."""
 
@@ -50,6 +59,12 @@ class Defense(Plugin):
         """Build the release with ``ctx.save_release``; private artifacts go to
         ``ctx.private_dir``."""
         raise NotImplementedError
+
+    def authorize(self, private_dir: Path) -> Callable[[PreTrainedModel], Authorization] | None:
+        """The owner's authorized fine-tuning, from the private artifacts in ``private_dir``:
+        a function of the loaded release model. None (the default): the owner tunes like
+        anyone else, so there is no authorized row."""
+        return None
 
 
 @dataclass
@@ -63,6 +78,12 @@ class DefenseContext:
     release_dir: Path
     private_dir: Path
     progress: bool = True
+    #: scores the named tasks' eval splits (diagnostics, e.g. SOPHON's test fine-tunes)
+    evaluate: Callable[[PreTrainedModel, PreTrainedTokenizerBase, list[str]],
+                       dict[str, float]] | None = None
+    #: scores the matrix's capability tasks (e.g. SOPHON's intactness guard)
+    evaluate_capability: Callable[[PreTrainedModel, PreTrainedTokenizerBase],
+                                  dict[str, float]] | None = None
 
     def init_model(self, seed: int) -> PreTrainedModel:
         return init_model(self.spec, self.tokenizer, seed)
@@ -90,6 +111,11 @@ class AttackContext:
     #: scores the capability tasks; run once on the attacked model after training
     evaluate_capability: Callable[[PreTrainedModel, PreTrainedTokenizerBase],
                                   dict[str, float]] | None = None
+    #: set by the harness only in authorized cells (the owner tuning its own release); None in
+    #: every attack, so no adversary is ever handed a private artifact
+    authorization: Callable[[PreTrainedModel], Authorization] | None = None
+    #: the model :meth:`finetune` trained last (the harness measures its update)
+    trained: PreTrainedModel | None = None
 
     def report(self, **values: Any) -> None:
         """Record diagnostics of this attack (JSON-serializable values)."""
@@ -110,10 +136,17 @@ class AttackContext:
             else tokenizer.eos_token_id
         batches = example_batches(encode_examples(examples, tokenizer), batch_size, self.seed,
                                   pad)
+        after_step = None
+        if self.authorization is not None:
+            owner = self.authorization(model)
+            after_step = owner.after_step
+            grad_hook = chain(grad_hook, owner.grad_hook)
+        self.trained = model
         result = train(model, batches, steps, optim, params=params,
                        eval_at=self.budget_points(steps),
                        on_eval=lambda step: self.evaluate(model, tokenizer),
-                       grad_hook=grad_hook, desc=self.desc, progress=self.progress)
+                       grad_hook=grad_hook, after_step=after_step, desc=self.desc,
+                       progress=self.progress)
         if self.evaluate_capability is not None and not result.diverged:
             with torch.no_grad():  # what the attack cost the model's normal use
                 self.report(capability_after=self.evaluate_capability(model.eval(), tokenizer))
@@ -123,6 +156,23 @@ class AttackContext:
 class Adversary(Plugin):
     """Fine-tunes a public release on a task under a budget and returns the curve."""
 
+    #: the owner of a defense with authorized tuning (PMP) also runs this recipe, restricted
+    #: by the defense's private artifacts, in rows marked authorized (plain fine-tuning only)
+    owner_recipe: ClassVar[bool] = False
+
     def attack(self, release: Release, examples: list[dict[str, Any]],
                ctx: AttackContext) -> TrainResult:
         raise NotImplementedError
+
+
+def chain(*hooks: Callable[[], None] | None) -> Callable[[], None] | None:
+    """One hook that runs the given ones in order (None if there are none)."""
+    present = [h for h in hooks if h is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def run() -> None:
+        for hook in present:
+            hook()
+
+    return run

@@ -8,7 +8,9 @@
 
 A stage's key hashes its kind, its resolved config, the keys of its inputs, the fingerprints of
 the data it reads and the plugin's version, so a rerun skips finished work and a changed config
-never reuses a stale result. Cells run sequentially here. An exception in one cell is recorded
+never reuses a stale result. A defense with authorized tuning (PMP) also gets owner cells: the
+owner runs each plain fine-tuning recipe restricted by its private artifacts, in rows marked
+``authorized``. Cells run sequentially here. An exception in one cell is recorded
 with its traceback and the matrix goes on; a diverged attack is a result, stored like any other.
 """
 
@@ -19,6 +21,7 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,18 +30,19 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from nftbench.api import AttackContext, DefenseContext, Release
+from nftbench.api import AttackContext, Authorization, DefenseContext, Release
 from nftbench.config import Matrix, Variant
 from nftbench.data import corpus_batches, pack_corpus
 from nftbench.evaluation import Evaluator
 from nftbench.manifest import write_manifest
-from nftbench.masks import MASK_FILE, load_mask, mask_iou
+from nftbench.masks import MASK_FILE, load_mask, mask_fraction, mask_iou, update_share
 from nftbench.models import (
     init_model,
     load_pretrained,
     load_tokenizer,
     save_release,
     train_tokenizer,
+    weight_update,
 )
 from nftbench.store import Store, content_key
 from nftbench.train import train
@@ -165,17 +169,20 @@ class Runner:
         return key, Release(path / "release", spec)
 
     def defend(self, variant: Variant, tokenizer, corpus_fp: str, base_key: str,
-               base: Release) -> tuple[str, Release]:
+               base: Release, evaluator: Evaluator) -> tuple[str, Release]:
         defense = variant.plugin
         restricted = {t.label: self.task_data[t.label]["train"]
                       for t in self.matrix.restricted_tasks}
+        capability = [t.label for t in self.matrix.capability_tasks]
 
         def build(tmp: Path) -> None:
             ctx = DefenseContext(spec=self.cfg.model, tokenizer=tokenizer,
                                  corpus=self.corpus(tokenizer),
                                  pretrain=self.cfg.pretrain, base=base, restricted=restricted,
                                  release_dir=tmp / "release", private_dir=tmp / "private",
-                                 progress=self.progress)
+                                 progress=self.progress, evaluate=evaluator,
+                                 evaluate_capability=(lambda m, t: evaluator(m, t, capability))
+                                 if capability else None)
             ctx.private_dir.mkdir()
             defense.defend(ctx)
             Release(ctx.release_dir, self.cfg.model)  # validates the allow-list
@@ -183,8 +190,9 @@ class Runner:
         payload = {"defense": variant.name, "version": variant.version,
                    "params": variant.params, "base": base_key, "tokenizer": self.tokenizer_key,
                    "corpus": corpus_fp, "pretrain": self.cfg.pretrain.model_dump(mode="json")}
-        if defense.uses_restricted_data:
+        if defense.uses_restricted_data:  # it may also read capability scores (a guard)
             payload["restricted"] = {k: self.task_fp[k] for k in restricted}
+            payload["capability"] = {k: self.task_fp[k] for k in capability}
         key, path = self._stage("defend", variant.label, payload, build)
         self._private[key] = path / "private"
         return key, Release(path / "release", self.cfg.model)
@@ -213,9 +221,13 @@ class Runner:
         return read_json(path / "scores.json")
 
     def attack(self, release_label: str, release_key: str, release: Release, adversary: Variant,
-               task: Variant, seed: int, evaluator: Evaluator) -> dict[str, Any]:
+               task: Variant, seed: int, evaluator: Evaluator,
+               owner: Callable[[Any], Authorization] | None = None) -> dict[str, Any]:
+        """One cell: ``adversary`` fine-tunes ``release`` on ``task``. With ``owner`` (the
+        defense's authorization), the owner runs the adversary's recipe on its own release."""
         points = self.cfg.eval.budget_points
-        label = f"{adversary.label} > {release_label} / {task.label} / seed {seed}"
+        label = (f"{'owner ' if owner else ''}{adversary.label} > {release_label} / "
+                 f"{task.label} / seed {seed}")
 
         def build(tmp: Path) -> None:
             capability = [t.label for t in self.matrix.capability_tasks]
@@ -224,15 +236,22 @@ class Runner:
                 evaluate_capability=(lambda m, t: evaluator(m, t, capability)) if capability
                 else None,
                 budget_points=lambda steps: budget_points(points, steps),
-                progress=self.progress, desc=f"{adversary.label}/{task.label}/s{seed}")
+                progress=self.progress, authorization=owner,
+                desc=f"{'owner ' if owner else ''}{adversary.label}/{task.label}/s{seed}")
             torch.manual_seed(seed)
             result = adversary.plugin.attack(release, self.task_data[task.label]["train"], ctx)
             diagnostics = dict(ctx.diagnostics)
             private = self._private.get(release_key)  # scratch releases have none
-            if ctx.mask_guess is not None and private and (private / MASK_FILE).exists():
+            if private and (private / MASK_FILE).exists():
                 # scored here, by the harness: the adversary never sees the private mask
-                diagnostics["mask_iou"] = mask_iou(ctx.mask_guess,
-                                                   load_mask(private / MASK_FILE))
+                mask = load_mask(private / MASK_FILE)
+                if ctx.mask_guess is not None:
+                    diagnostics["mask_iou"] = mask_iou(ctx.mask_guess, mask)
+                if ctx.trained is not None and not result.diverged:
+                    share = update_share(weight_update(ctx.trained, release.path), mask)
+                    if share is not None:
+                        diagnostics["update_share_ticket"] = share
+                        diagnostics["ticket_fraction"] = mask_fraction(mask)
             write_json(tmp / "curve.json", {
                 "diagnostics": diagnostics,
                 "diverged_at": result.diverged_at, "steps": result.steps,
@@ -246,6 +265,8 @@ class Runner:
                    "seed": seed, "budget_points": points,
                    "capability_after": {t.label: self.task_fp[t.label]
                                         for t in self.matrix.capability_tasks}}
+        if owner is not None:
+            payload["authorized"] = True
         _, path = self._stage("attack", label, payload, build)
         return read_json(path / "curve.json")
 
@@ -267,7 +288,8 @@ class Runner:
         releases: dict[str, tuple[str, Release]] = {}
         for d in m.defenses:
             try:
-                releases[d.label] = self.defend(d, tokenizer, corpus_fp, base_key, base)
+                releases[d.label] = self.defend(d, tokenizer, corpus_fp, base_key, base,
+                                               evaluator)
             except Exception as err:  # one broken defense must not stop the others
                 self._record_failure("defend", d.label, err)
         scratch = {s: self.scratch(tokenizer, s) for s in cfg.seeds}
@@ -283,18 +305,23 @@ class Runner:
             except Exception as err:
                 self._record_failure("utility", label, err)
 
-        cells = [(label, a, t, s) for label in [*releases, SCRATCH] for a in m.adversaries
+        owners = self._owners(releases)
+        cells = [(label, a, t, s, None) for label in [*releases, SCRATCH] for a in m.adversaries
                  for t in m.restricted_tasks for s in cfg.seeds]
-        for label, adversary, task, seed in tqdm(cells, desc="cells", unit="cell",
-                                                 disable=not self.progress):
+        cells += [(label, a, t, s, owner) for label, owner in owners.items()
+                  for a in m.adversaries if a.plugin.owner_recipe
+                  for t in m.restricted_tasks for s in cfg.seeds]
+        for label, adversary, task, seed, owner in tqdm(cells, desc="cells", unit="cell",
+                                                        disable=not self.progress):
             key, release = scratch[seed] if label == SCRATCH else releases[label]
             ids = dict(release=label, adversary=adversary.label, task=task.label,
-                       role="restricted", seed=seed)
+                       role="restricted", seed=seed, authorized=owner is not None)
             try:
-                curve = self.attack(label, key, release, adversary, task, seed, evaluator)
+                curve = self.attack(label, key, release, adversary, task, seed, evaluator,
+                                    owner)
             except Exception as err:
-                self._record_failure("attack", f"{adversary.label} > {label}/{task.label}/"
-                                     f"s{seed}", err)
+                self._record_failure("attack", f"{'owner ' if owner else ''}{adversary.label} "
+                                     f"> {label}/{task.label}/s{seed}", err)
                 rows.append(row(**ids, step=None, metric="score", value=None, status="failed"))
                 continue
             rows += curve_rows(curve, ids, task.label)
@@ -314,6 +341,17 @@ class Runner:
                        data={"world": self.world.fingerprint, "corpus": corpus_fp,
                              "tasks": self.task_fp})
         return outcome
+
+    def _owners(self, releases: dict[str, tuple[str, Release]]
+                ) -> dict[str, Callable[[Any], Authorization]]:
+        """Each defended release whose defense has authorized tuning -> its authorization."""
+        out = {}
+        for d in self.matrix.defenses:
+            if d.label in releases:
+                owner = d.plugin.authorize(self._private[releases[d.label][0]])
+                if owner is not None:
+                    out[d.label] = owner
+        return out
 
     def _record_failure(self, kind: str, label: str, err: Exception) -> None:
         tb = "".join(traceback.format_exception(err))

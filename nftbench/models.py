@@ -159,3 +159,27 @@ def load_release(path: str | Path, spec: ModelSpec) -> tuple[PreTrainedModel,
         trust_remote_code=spec.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
     return model.to(spec.torch_device()), tokenizer
+
+
+@torch.no_grad()
+def weight_update(trained: torch.nn.Module, release_dir: str | Path) -> dict[str, torch.Tensor]:
+    """What fine-tuning changed, per released weight name: ``trained - released`` for a fully
+    fine-tuned model; for a peft LoRA/QLoRA model, each adapter's delta ``B @ A * scale`` on
+    the weight it adapts (its frozen base, 4-bit or not, did not move)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    if isinstance(trained, PeftModel):
+        prefix = "base_model.model."
+        out = {}
+        for name, module in trained.named_modules():
+            adapters = getattr(module, "lora_A", None)
+            if adapters is not None and "default" in adapters:
+                out[name.removeprefix(prefix) + ".weight"] = \
+                    module.get_delta_weight("default").float().cpu()
+        return out
+    released: dict[str, torch.Tensor] = {}
+    for file in sorted(Path(release_dir).glob("*.safetensors")):
+        released |= load_file(str(file))
+    return {n: p.detach().float().cpu() - released[n].float()
+            for n, p in trained.named_parameters() if n in released}

@@ -9,12 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from adversaries.finetune import FullFineTune
 from defenses.pmp import PMP, STATS_FILE, PMPConfig
 from nftbench.api import DefenseContext, Release
-from nftbench.config import PretrainConfig
+from nftbench.config import PretrainConfig, resolve
 from nftbench.data import pack_corpus
+from nftbench.engine import Runner
 from nftbench.masks import MASK_FILE, load_mask, mask_iou
+from nftbench.metrics import curves
 from nftbench.models import ModelSpec, TinyLlamaConfig, init_model, load_release, train_tokenizer
+from nftbench.registry import register_adversary
+from nftbench.report import authorized_table, leaderboard
 from nftbench.world import World, WorldConfig
 
 SPEC = ModelSpec(tiny=TinyLlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -100,3 +105,96 @@ def test_release_holds_no_mask_and_random_ablation(data, tmp_path: Path) -> None
     _, random_private = defend(data, tmp_path / "random", rho=0.3, mask="random")
     iou = mask_iou(load_mask(private / MASK_FILE), load_mask(random_private / MASK_FILE))
     assert iou < 0.4  # a random mask of 0.3 overlaps a fixed one by chance (~0.18)
+
+
+def test_authorized_tuning_moves_only_the_ticket(data, tmp_path: Path) -> None:
+    """The owner's hooks (as the harness applies them) keep the complement at its released
+    values through weight decay, while the ticket trains."""
+    from nftbench.data import corpus_batches
+    from nftbench.train import OptimConfig, train
+
+    release, private = defend(data, tmp_path, rho=0.3, complement="projected", tau=4)
+    mask = load_mask(private / MASK_FILE)
+    model = load_release(release, SPEC)[0]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    owner = PMP(PMPConfig()).authorize(private)(model)
+    train(model, corpus_batches(data[1], 4, 0), 5, OptimConfig(lr=1e-2, weight_decay=0.5),
+          grad_hook=owner.grad_hook, after_step=owner.after_step, progress=False)
+    moved = 0
+    for name, p in model.named_parameters():
+        m = mask[name]
+        assert torch.equal(p.detach()[~m], before[name][~m]), name
+        moved += int((p.detach()[m] != before[name][m]).sum())
+    assert moved > 0.5 * sum(int(m.sum()) for m in mask.values())
+
+
+def test_update_share_and_fast_topk() -> None:
+    from nftbench.masks import global_topk, topk_elements, update_share
+
+    scores = {"a": torch.tensor([[0.5, 3.0], [1.0, -2.0]]), "b": torch.tensor([0.5, 0.5, 7.0])}
+    mask = global_topk(scores, 3 / 7)
+    assert mask["a"].tolist() == [[False, True], [True, False]]
+    assert mask["b"].tolist() == [False, False, True]
+    x = torch.randn(50_000)
+    x[:5000] = 0.125  # many ties at the threshold
+    for k in (0, 1, 4_999, 25_000, 49_999, 50_000):
+        chosen = topk_elements(x, k)
+        assert int(chosen.sum()) == k
+        if 0 < k < len(x):
+            assert x[chosen].min() >= x[~chosen].max()
+    update = {"a": torch.tensor([[0.0, 3.0], [4.0, 0.0]]), "b": torch.zeros(3)}
+    assert update_share(update, mask) == pytest.approx(1.0)
+    update["b"] = torch.tensor([5.0, 0.0, 0.0])
+    assert update_share(update, mask) == pytest.approx(25 / 50)
+    assert update_share({"a": torch.zeros(2, 2)}, mask) is None
+
+
+SEEN: list[dict] = []
+
+
+@register_adversary("test_context_probe", version="1")
+class ContextProbe(FullFineTune):
+    """Test-only: full fine-tuning that records what its context holds."""
+
+    owner_recipe = False
+
+    def attack(self, release, examples, ctx):
+        SEEN.append({"authorization": ctx.authorization, "release": sorted(
+            p.name for p in release.path.iterdir()),
+            "paths": [k for k, v in vars(ctx).items() if isinstance(v, Path)]})
+        return super().attack(release, examples, ctx)
+
+
+def test_matrix_with_pmp_authorized_rows_and_update_share(tiny_raw, tmp_path: Path) -> None:
+    tiny_raw["defenses"] = ["none", {"name": "pmp", "params": {"rho": 0.3, "eb_max_steps": 3}}]
+    tiny_raw["adversaries"] = [{"name": "full_ft", "params": {"steps": 3, "batch_size": 4}},
+                               {"name": "lora", "params": {"steps": 3, "batch_size": 4}},
+                               {"name": "test_context_probe",
+                                "params": {"steps": 1, "batch_size": 4}}]
+    SEEN.clear()
+    outcome = Runner(resolve(tiny_raw)).run()
+    assert not outcome.failed
+    r = outcome.results
+    owner = r[r.authorized.astype(bool)]
+    # the owner runs plain fine-tuning only, and only on the release with a mask
+    assert set(owner.release) == {"pmp"} and set(owner.adversary) == {"full_ft"}
+    assert (owner.metric == "score").sum() == 2  # budget points 0 and T of one seed
+    share = r[(r.metric == "update_share_ticket") & ~r.authorized.astype(bool)]
+    assert set(share.release) == {"pmp"}
+    assert set(share.adversary) == {"full_ft", "lora", "test_context_probe"}
+    assert share.value.between(0, 1).all()
+    assert r[r.metric == "ticket_fraction"].value.between(0.2999, 0.3001).all()
+    owned = r[r.authorized.astype(bool) & (r.metric == "update_share_ticket")]
+    assert owned.value.tolist() == [pytest.approx(1.0)]  # the owner moves only the ticket
+    # every attack's context: no authorization, no path, a release without private files
+    assert len(SEEN) == 3 and all(s["authorization"] is None and not s["paths"] for s in SEEN)
+    assert all("mask.safetensors" not in s["release"] for s in SEEN)
+    # attack metrics never read the owner's rows
+    board = leaderboard(r)
+    attack = curves(r)
+    pmp_ft = board[(board.defense == "pmp") & (board.adversary == "full_ft")]
+    last = attack[(attack.release == "pmp") & (attack.adversary == "full_ft")
+                  & (attack.step == 3)]
+    assert pmp_ft.final_score.iloc[0] == pytest.approx(last.value.mean())
+    table = authorized_table(r)
+    assert table[["defense", "recipe"]].values.tolist() == [["pmp", "full_ft"]]
