@@ -160,6 +160,21 @@ def display_table(board: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def rg_table(board: pd.DataFrame) -> pd.DataFrame:
+    """Paper layout: one row per defense (its utility retention first), one column per
+    (adversary, task) holding RG final with its interval."""
+    b = board[board.defense != NONE]
+    if b.empty:
+        return pd.DataFrame()
+    cell = [_ci(*r) for r in zip(b.rg, b.rg_ci_low, b.rg_ci_high, b.rg_undefined, strict=True)]
+    wide = b.assign(cell=cell, column=b.adversary + " / " + b.task).pivot(
+        index="defense", columns="column", values="cell")
+    wide = wide.reindex(columns=list(dict.fromkeys(b.adversary + " / " + b.task)))
+    util = b.groupby("defense").utility_retention.first()
+    wide.insert(0, "utility", util.map(lambda x: "–" if np.isnan(x) else f"{x:.2f}"))
+    return wide.reset_index()
+
+
 def authorized_table(results: pd.DataFrame, cfg: ReportConfig = ReportConfig()) -> pd.DataFrame:
     """The owner's authorized tuning beside the attack with the same recipe on the same
     release, and that recipe on the undefended release: final scores and RG to scratch."""
@@ -223,6 +238,14 @@ def write_tables(board: pd.DataFrame, worst: pd.DataFrame, folder: Path,
            f"{cfg.epsilon:g}.", "",
            worst.to_markdown(index=False, floatfmt=".2f"), ""]
     extra: list[Path] = []
+    rgs = rg_table(board)
+    if len(rgs):
+        md += ["## RG final by defense", "",
+               "One row per defense: utility retention, then RG final [95% CI] per adversary / "
+               "task (the leaderboard's numbers, laid out for a paper).", "",
+               rgs.to_markdown(index=False, disable_numparse=True), ""]
+        rgs.to_csv(folder / "rg_table.csv", index=False)
+        extra.append(folder / "rg_table.csv")
     owner = authorized_table(results, cfg) if results is not None else pd.DataFrame()
     if len(owner):
         md += ["## Authorized tuning", "",

@@ -12,7 +12,7 @@ import pytest
 from nftbench.cli import main
 from nftbench.engine import RESULT_COLUMNS, row
 from nftbench.metrics import area_under_curve, cell_table, relative_gain, steps_ratio
-from nftbench.report import ReportConfig, leaderboard, worst_case
+from nftbench.report import ReportConfig, authorized_table, leaderboard, rg_table, worst_case
 
 STEPS = [0, 10, 20]
 
@@ -123,3 +123,32 @@ def test_report_writes_every_file(tmp_path: Path) -> None:
 def test_report_config_defaults() -> None:
     cfg = ReportConfig()
     assert (cfg.level, cfg.threshold, cfg.epsilon) == (0.95, 0.9, 0.05)
+
+
+def test_rg_table_lays_out_the_leaderboard() -> None:
+    board = leaderboard(table())
+    wide = rg_table(board)
+    assert list(wide.columns) == ["defense", "utility", "ft / qa", "ft / qb"]
+    assert wide.defense.tolist() == ["def[s=1]", "def[s=2]"]
+    first = wide.set_index("defense").loc["def[s=1]"]
+    assert first["utility"] == "0.50" and first["ft / qa"].startswith("0.47 [")
+    assert first["ft / qb"] == "undefined"
+
+
+def test_owner_rows_stay_out_of_attack_metrics() -> None:
+    rows = table()
+    owner = pd.DataFrame([dict(r, authorized=True, value=0.8 if r["step"] == 20 else r["value"])
+                          for r in curve("def[s=1]", "qa", 0, [0.0, 0.5, 0.8])]
+                         + [dict(r, authorized=True) for r in curve("def[s=1]", "qa", 1,
+                                                                    [0.0, 0.5, 0.7])]
+                         + [dict(r, authorized=True) for r in curve("def[s=1]", "qa", 2,
+                                                                    [0.0, 0.5, 0.9])],
+                         columns=RESULT_COLUMNS)
+    both = pd.concat([rows, owner], ignore_index=True)
+    before = leaderboard(rows).set_index(["defense", "task"]).final_score
+    after = leaderboard(both).set_index(["defense", "task"]).final_score
+    assert after.equals(before)
+    auth = authorized_table(both).iloc[0]
+    assert auth["owner final"].startswith("0.80 [") and auth["attacker final"].startswith(
+        "0.45 [")
+    assert auth["owner RG"].startswith(f"{(0.8 - 0.1) / (0.85 - 0.1):.2f} [")
