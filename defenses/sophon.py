@@ -327,7 +327,7 @@ class Sophon(Defense):
                                                        cfg.grad_clip)
             ntr = []
             for _ in range(cfg.ntr_steps):
-                loss = model(**next(corpus)).loss
+                loss = model(**{k: v.to(model.device) for k, v in next(corpus).items()}).loss
                 loss.backward()
                 ntr_opt.step()
                 ntr_opt.zero_grad(set_to_none=True)
