@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nftbench.api import Defense, DefenseContext
-from nftbench.data import IGNORE, encode_examples, example_batches
+from nftbench.data import IGNORE, encode_examples, example_batches, pad_rows
 from nftbench.registry import PluginConfig, register_defense
 from nftbench.train import OptimConfig, train
 
@@ -189,17 +189,6 @@ class TaskData:
                 "target": torch.tensor(target), **pad_rows(rows, self.pad)}
 
 
-def pad_rows(rows: list[tuple[list[int], list[int]]], pad: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (x, y) in enumerate(rows):
-        ids[r, :len(x)], labels[r, :len(y)], mask[r, :len(x)] = (torch.tensor(x),
-                                                                 torch.tensor(y), 1)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 def query_loss(model: torch.nn.Module, params: Params, query: dict[str, Any],
                loss: Loss) -> torch.Tensor:
     """The suppression loss of the model with weights ``params`` on a query batch."""
@@ -331,7 +320,7 @@ class Sophon(Defense):
                 loss.backward()
                 ntr_opt.step()
                 ntr_opt.zero_grad(set_to_none=True)
-                ntr.append(float(loss))
+                ntr.append(float(loss.detach()))
             entry["reinforcement_loss"] = sum(ntr) / len(ntr) if ntr else None
             if not all(math.isfinite(v) for v in losses + ntr):
                 raise FloatingPointError(f"SOPHON diverged at outer step {step}")

@@ -68,13 +68,17 @@ def example_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int,
         if len(order) < batch_size:
             order = order * (batch_size // len(order) + 1)
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            rows = [encoded[j] for j in order[i:i + batch_size]]
-            width = max(len(ids) for ids, _ in rows)
-            ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
-            labels = torch.full((batch_size, width), IGNORE, dtype=torch.long)
-            mask = torch.zeros((batch_size, width), dtype=torch.long)
-            for r, (x, y) in enumerate(rows):
-                ids[r, :len(x)] = torch.tensor(x)
-                labels[r, :len(y)] = torch.tensor(y)
-                mask[r, :len(x)] = 1
-            yield {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            yield pad_rows([encoded[j] for j in order[i:i + batch_size]], pad_id)
+
+
+def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One right-padded batch of encoded (input ids, labels) rows."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (x, y) in enumerate(rows):
+        ids[r, :len(x)] = torch.tensor(x)
+        labels[r, :len(y)] = torch.tensor(y)
+        mask[r, :len(x)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
