@@ -273,6 +273,12 @@ class Sophon(Defense):
     config: SophonConfig
     uses_restricted_data = True
 
+    def check(self, matrix: Any) -> list[str]:
+        restricted = [t.label for t in matrix.restricted_tasks]
+        unknown = [n for n in self.config.tasks or () if n not in restricted]
+        return [f"params.tasks names {unknown}, not restricted tasks of this matrix "
+                f"({restricted})"] if unknown else []
+
     def defend(self, ctx: DefenseContext) -> None:
         cfg = self.config
         if ctx.base is None:

@@ -346,6 +346,9 @@ def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> Matrix:
     matrix = Matrix(config=config, **groups)
     if not matrix.restricted_tasks:
         raise ConfigError(["tasks: at least one task must have role 'restricted'"])
+    for field in ("defenses", "adversaries", "tasks"):
+        for v in getattr(matrix, field):
+            errors += [f"{field} ({v.label}): {e}" for e in v.plugin.check(matrix)]
     world = World(config.world)
     for task in matrix.tasks:
         for split in task.plugin.splits:

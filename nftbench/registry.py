@@ -49,6 +49,11 @@ class Plugin:
     def __init__(self, config: PluginConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
 
+    def check(self, matrix: Any) -> list[str]:
+        """Errors this plugin finds in the matrix it is part of (e.g. a task it names that the
+        matrix lacks), reported with the config's other errors before anything runs."""
+        return []
+
     @classmethod
     def summary(cls) -> str:
         """First line of the class docstring."""

@@ -22,7 +22,7 @@ from defenses.sophon import (
     suppression_loss,
 )
 from nftbench.api import DefenseContext, Release
-from nftbench.config import PretrainConfig, resolve
+from nftbench.config import ConfigError, PretrainConfig, resolve
 from nftbench.data import pack_corpus
 from nftbench.engine import Runner
 from nftbench.models import ModelSpec, TinyLlamaConfig, init_model, save_release, train_tokenizer
@@ -225,8 +225,7 @@ def test_matrix_with_sophon_and_a_held_out_task(tiny_raw, tmp_path: Path) -> Non
     log = json.loads(stats.read_text())["log"]
     assert set(log[0]["test_finetune"]) == {"qa_city", "qa_color"}  # held-out one too
     assert "capability" in log[0]
-    with pytest.raises(ValueError, match="qa_pet"):
-        bad = dict(tiny_raw, defenses=[{"name": "sophon", "params": {"tasks": ["qa_pet"]}}],
-                   output_dir=str(tmp_path / "bad"))
-        outcome = Runner(resolve(bad)).run()
-        raise ValueError(str(outcome.failed[0].error))
+    bad = dict(tiny_raw, defenses=[{"name": "sophon", "params": {"tasks": ["qa_pet"]}}],
+               output_dir=str(tmp_path / "bad"))
+    with pytest.raises(ConfigError, match=r"defenses \(sophon\): params.tasks names \['qa_pet'\]"):
+        resolve(bad)  # refused before anything runs
