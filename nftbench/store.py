@@ -8,13 +8,15 @@ gets a new key and never reuses a stale result.
 Writes are atomic: a stage writes into a private temporary folder, an ``entry.json`` with a
 SHA-256 of every file is written last, and the folder is renamed into place. A run killed at any
 moment leaves at most an orphaned temporary folder, never a half-written entry; entries whose
-files no longer match their checksums are treated as missing.
+files no longer match their checksums (or whose ``entry.json`` does not parse) are treated as
+missing, with a warning, and recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 ENTRY_FILE = "entry.json"
+log = logging.getLogger("nftbench")
 
 
 def canonical_json(obj: Any) -> str:
@@ -61,10 +64,18 @@ class Store:
             return False
         if not verify:
             return True
-        meta = json.loads(entry.read_text())
+        try:
+            files = json.loads(entry.read_text())["files"]
+        except (json.JSONDecodeError, KeyError):
+            files = None
         base = entry.parent
-        return all((base / name).exists() and file_sha256(base / name) == digest
-                   for name, digest in meta["files"].items())
+        if files is not None and all((base / name).exists()
+                                     and file_sha256(base / name) == digest
+                                     for name, digest in files.items()):
+            return True
+        log.warning("store: %s/%s does not match its checksums; it will be recomputed",
+                    kind, key)
+        return False
 
     def meta(self, kind: str, key: str) -> dict[str, Any]:
         return json.loads((self.path(kind, key) / ENTRY_FILE).read_text())

@@ -37,3 +37,16 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
         raise RuntimeError("killed")
     assert not s.has("x", key)
     assert list((tmp_path / "x").iterdir()) == []
+
+
+def test_a_corrupt_entry_is_recomputed(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    key = s.key("x", {"a": 1})
+    with s.write("x", key, {"a": 1}) as tmp:
+        (tmp / "out.txt").write_text("hello")
+    (s.path("x", key) / "entry.json").write_text("{not json")
+    assert not s.has("x", key)
+    with s.write("x", key, {"a": 1}) as tmp:  # the rewrite replaces the corrupt entry
+        (tmp / "out.txt").write_text("again")
+    assert s.has("x", key) and (s.path("x", key) / "out.txt").read_text() == "again"
+    assert [p.name for p in (tmp_path / "x").iterdir()] == [key]  # no temporary folder left
