@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adversaries.finetune import FullFineTune, FullFineTuneConfig
 from nftbench.api import AttackContext
-from nftbench.data import encode_examples, example_batches
+from nftbench.data import encode_examples, example_batches, pad_id
 from nftbench.masks import global_topk, mask_fraction
 from nftbench.registry import register_adversary
 
@@ -88,8 +88,7 @@ class MaskRecovery(FullFineTune):
     def _saliency(self, model: torch.nn.Module, tokenizer: Any, examples: list[dict[str, Any]],
                   seed: int) -> dict[str, torch.Tensor]:
         device = next(model.parameters()).device
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-            else tokenizer.eos_token_id
+        pad = pad_id(tokenizer)
         batches = example_batches(encode_examples(examples, tokenizer), self.config.batch_size,
                                   seed, pad)
         model.zero_grad(set_to_none=True)

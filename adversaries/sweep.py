@@ -25,7 +25,7 @@ import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from nftbench.api import Adversary, AttackContext, Release
-from nftbench.data import encode_examples, example_batches
+from nftbench.data import encode_examples, example_batches, pad_id
 from nftbench.registry import ADVERSARIES, PluginConfig, register_adversary
 from nftbench.train import TrainResult
 
@@ -79,7 +79,7 @@ class SweepConfig(PluginConfig):
 def answer_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str, Any]],
                 batch_size: int = 64) -> float:
     """Mean loss on the answers of ``examples`` (the attacker's own validation signal)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     encoded = encode_examples(examples, tokenizer)
     batches = example_batches(encoded, min(batch_size, len(encoded)), seed=0, pad_id=pad)
     device = next(model.parameters()).device

@@ -59,7 +59,7 @@ def measure(method: str, folder: Path, steps: int, warmup: int) -> dict[str, flo
     import torch
 
     from nftbench.api import Release
-    from nftbench.data import encode_examples, example_batches
+    from nftbench.data import encode_examples, example_batches, pad_id
     from nftbench.models import ModelSpec
     from nftbench.registry import ADVERSARIES, load_plugins
     from nftbench.train import count_matmul_params, train
@@ -93,8 +93,7 @@ def measure(method: str, folder: Path, steps: int, warmup: int) -> dict[str, flo
         model = get_peft_model(model, cfg.lora())
     loaded = (torch.cuda.memory_allocated(device) if cuda else rss_kib("VmRSS") * 1024) - base
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-        else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     batches = example_batches(encode_examples(examples, tokenizer), cfg.batch_size, 0, pad)
     stamps: list[float] = []
 

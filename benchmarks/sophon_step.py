@@ -39,7 +39,7 @@ def measure(k: int, n: int, repeats: int, device: str) -> dict:
     data = TaskData(task(task.Config()).examples("train", world), tokenizer, 0)
     cfg = SophonConfig(inner_steps=k, n_strategies=n, query_batch=16,
                        strategies=[Strategy(optimizer="adam", lr=1e-3, batch_size=32)] * n)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     plain_opt = torch.optim.AdamW(params, lr=1e-3)
     fts_opt, ntr_opt = torch.optim.Adam(params, lr=1e-4), torch.optim.Adam(params, lr=1e-4)
     sup = Suppression(model, cfg.loss)

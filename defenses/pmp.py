@@ -202,13 +202,10 @@ class TicketHooks:
 
     @torch.no_grad()
     def grad_hook(self) -> None:
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if len(grads) == len(self.params):
-            torch._foreach_mul_(grads, self.keep)
-        else:
-            for p, k in zip(self.params, self.keep, strict=True):
-                if p.grad is not None:
-                    p.grad.mul_(k)
+        pairs = [(p.grad, k) for p, k in zip(self.params, self.keep, strict=True)
+                 if p.grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [k for _, k in pairs])
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nftbench.api import Defense, DefenseContext
-from nftbench.data import IGNORE, encode_examples, example_batches, pad_rows
+from nftbench.data import IGNORE, encode_examples, example_batches, pad_id, pad_rows
 from nftbench.registry import PluginConfig, register_defense
 from nftbench.train import OptimConfig, train
 
@@ -158,8 +158,7 @@ class TaskData:
         self.examples = examples
         self.classification = "choices" in examples[0]
         self.encoded = encode_examples(examples, tokenizer)
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-            else tokenizer.eos_token_id
+        self.pad = pad_id(tokenizer)
         self.tokenizer = tokenizer
         self.rng = random.Random(seed)
         self.seed = seed
@@ -374,9 +373,8 @@ class Sophon(Defense):
         out = {}
         for name, examples in sorted(ctx.restricted.items()):
             probe = copy.deepcopy(model)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-                else tokenizer.eos_token_id
-            batches = example_batches(encode_examples(examples, tokenizer), 32, cfg.seed, pad)
+            batches = example_batches(encode_examples(examples, tokenizer), 32, cfg.seed,
+                                      pad_id(tokenizer))
             train(probe, batches, cfg.test_steps, OptimConfig(optimizer="adamw", lr=1e-3),
                   progress=False)
             with torch.no_grad():

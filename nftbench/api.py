@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from nftbench.data import corpus_batches, encode_examples, example_batches
+from nftbench.data import corpus_batches, encode_examples, example_batches, pad_id
 from nftbench.models import RELEASE_FILES, ModelSpec, init_model, load_release, save_release
 from nftbench.registry import Plugin
 from nftbench.train import OptimConfig, TrainResult, train
@@ -132,8 +132,7 @@ class AttackContext:
                  grad_hook: Callable[[], None] | None = None) -> TrainResult:
         """Fine-tune on task examples (loss on answers), scoring at every budget point."""
         torch.manual_seed(self.seed)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-            else tokenizer.eos_token_id
+        pad = pad_id(tokenizer)
         batches = example_batches(encode_examples(examples, tokenizer), batch_size, self.seed,
                                   pad)
         after_step = None

@@ -82,3 +82,9 @@ def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
         labels[r, :len(y)] = torch.tensor(y)
         mask[r, :len(x)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's padding id, or its end-of-sequence id if it has none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id

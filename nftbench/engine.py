@@ -226,8 +226,8 @@ class Runner:
         """One cell: ``adversary`` fine-tunes ``release`` on ``task``. With ``owner`` (the
         defense's authorization), the owner runs the adversary's recipe on its own release."""
         points = self.cfg.eval.budget_points
-        label = (f"{'owner ' if owner else ''}{adversary.label} > {release_label} / "
-                 f"{task.label} / seed {seed}")
+        who = "owner " if owner else ""
+        label = f"{who}{adversary.label} > {release_label} / {task.label} / seed {seed}"
 
         def build(tmp: Path) -> None:
             capability = [t.label for t in self.matrix.capability_tasks]
@@ -237,7 +237,7 @@ class Runner:
                 else None,
                 budget_points=lambda steps: budget_points(points, steps),
                 progress=self.progress, authorization=owner,
-                desc=f"{'owner ' if owner else ''}{adversary.label}/{task.label}/s{seed}")
+                desc=f"{who}{adversary.label}/{task.label}/s{seed}")
             torch.manual_seed(seed)
             result = adversary.plugin.attack(release, self.task_data[task.label]["train"], ctx)
             diagnostics = dict(ctx.diagnostics)
