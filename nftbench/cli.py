@@ -1,4 +1,5 @@
-"""Command line: ``nftbench run CONFIG``, ``nftbench report RUN_DIR``, ``nftbench list``."""
+"""Command line: ``nftbench run CONFIG``, ``nftbench status RUN_DIR``, ``nftbench report
+RUN_DIR``, ``nftbench list``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nftbench.registry import REGISTRIES, describe_config, load_plugins
 
@@ -27,14 +30,9 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
         handler = logging.FileHandler(log_file)
         handler.setFormatter(fmt)
         root.addHandler(handler)
-    for noisy in ("lm_eval", "lm-eval", "transformers", "datasets", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    # nftbench draws one bar per cell and per training run; per-file loading bars would bury them
-    import datasets
-    import transformers
+    from nftbench.worker import quiet_libraries
 
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    quiet_libraries()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -60,7 +58,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("run %s: %d defenses x %d adversaries x %d restricted tasks x %d seeds -> %s",
              m.config.name, len(m.defenses), len(m.adversaries), len(m.restricted_tasks),
              len(m.config.seeds), run_dir)
-    outcome = Runner(matrix, progress=not args.quiet).run()
+    if args.workers is not None and args.workers < 1:
+        print(f"nftbench: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.executor == "sequential" and (args.workers or 1) > 1:
+        print("nftbench: --workers needs --executor pool or ray", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        runner = Runner(matrix, progress=not args.quiet, executor=args.executor,
+                        workers=args.workers, address=args.address,
+                        retry_failed=args.retry_failed, plugin_dirs=args.plugins)
+        if args.quiet:
+            outcome = runner.run()
+        else:
+            with logging_redirect_tqdm([log]):  # log lines above the progress bars
+                outcome = runner.run()
+    except RuntimeError as err:  # an executor that cannot start (no Ray, no cluster)
+        log.error("%s", err)
+        return EXIT_CONFIG
     computed = sum(not s.cached for s in outcome.stages if s.status == "ok")
     cached = sum(s.cached for s in outcome.stages)
     log.info("finished in %.1fs: %d stages computed, %d from the store, %d failed; results in %s",
@@ -72,6 +87,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     paths = write_report(run_dir)
     log.info("report: %d files in %s", len(paths), run_dir / "report")
     return STATUS_FAILED if outcome.failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nftbench.engine import STATES, run_status
+
+    try:
+        table = run_status(args.run_dir)
+    except FileNotFoundError as err:
+        print(f"nftbench: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    counts = (table.assign(n=1).pivot_table(index="kind", columns="state", values="n",
+                                            aggfunc="sum", fill_value=0)
+              .reindex(columns=list(STATES), fill_value=0)
+              .reindex([k for k in dict.fromkeys(table.kind)]))
+    counts["total"] = counts.sum(axis=1)
+    counts.index = ["cells (attack)" if k == "attack" else k for k in counts.index]
+    print(f"{args.run_dir}: {len(table)} stages")
+    print(counts.to_string())
+    for st in ("running", "failed") + (("pending", "done") if args.all else ()):
+        part = table[table.state == st]
+        if part.empty:
+            continue
+        print(f"\n{st}:")
+        for r in part.itertuples():
+            extra = ""
+            if st == "running":
+                extra = f"  on {r.worker}, {r.running_s:.0f}s"
+            elif st == "failed":
+                extra = f"  ({r.reason})"
+            print(f"  {r.kind:<9} {r.label}{extra}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -117,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. -o adversaries.full_ft.params.lr=1e-3")
     run.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    run.add_argument("--executor", choices=["sequential", "pool", "ray"], default=None,
+                     help="where stages run (default: sequential; pool with --workers > 1)")
+    run.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="worker processes (pool) or actors (ray; default: one per GPU)")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster address (default: start a local Ray instance)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="rerun the stages whose failure an earlier run recorded")
+    status = sub.add_parser("status", help="done, running, failed and pending stages of a run")
+    status.add_argument("run_dir", help="a run folder (holds plan.json)")
+    status.add_argument("--all", action="store_true", help="list every stage by name")
+    status.set_defaults(func=cmd_status)
     lst = sub.add_parser("list", help="list registered plugins and their config fields")
     lst.add_argument("--kind", choices=list(REGISTRIES), help="only this kind")
     lst.add_argument("--brief", action="store_true", help="names only")

@@ -1,4 +1,4 @@
-"""The matrix engine: every arrow of the data flow is a stage whose output lives in the store.
+"""The matrix engine: plan the stage DAG, run it on an executor, collect the results.
 
 ::
 
@@ -6,71 +6,54 @@
                └► scratch (per seed) ───────────────────────────────┘
     release ─► utility (capability tasks)
 
-A stage's key hashes its kind, its resolved config, the keys of its inputs, the fingerprints of
-the data it reads and the plugin's version, so a rerun skips finished work and a changed config
-never reuses a stale result. A defense with authorized tuning (PMP) also gets owner cells: the
-owner runs each plain fine-tuning recipe restricted by its private artifacts, in rows marked
-``authorized``. Cells run sequentially here. An exception in one cell is recorded
-with its traceback and the matrix goes on; a diverged attack is a result, stored like any other.
+Every stage's output is one entry of the content-addressed store (:mod:`nftbench.store`), keyed
+by its kind, resolved config, input keys, data fingerprints and plugin version (see
+:mod:`nftbench.plan`), so a rerun skips finished work and a changed config never reuses a stale
+result. A defense with authorized tuning (PMP) also gets owner cells: the owner runs each plain
+fine-tuning recipe restricted by its private artifacts, in rows marked ``authorized``.
+
+An exception in one stage is recorded with its traceback (in the manifest and in
+``RUN_DIR/failures.json``) and the matrix goes on; stages that need its output are failed with
+that reason. A later run does not repeat a recorded failure unless asked to
+(``retry_failed``). A diverged attack is a result, stored like any other.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from nftbench.api import AttackContext, Authorization, DefenseContext, Release
-from nftbench.config import Matrix, Variant
-from nftbench.data import corpus_batches, pack_corpus
-from nftbench.evaluation import Evaluator
-from nftbench.manifest import write_manifest
-from nftbench.masks import MASK_FILE, load_mask, mask_fraction, mask_iou, update_share
-from nftbench.models import (
-    init_model,
-    load_pretrained,
-    load_tokenizer,
-    save_release,
-    train_tokenizer,
-    weight_update,
+from nftbench.config import Matrix
+from nftbench.evaluation import write_lm_eval_tasks
+from nftbench.executors import (
+    Executor,
+    PoolExecutor,
+    RayExecutor,
+    SequentialExecutor,
+    schedule,
 )
-from nftbench.store import Store, content_key
-from nftbench.train import train
+from nftbench.manifest import write_manifest
+from nftbench.plan import SCRATCH, Job, build_plan
+from nftbench.store import Store
+from nftbench.worker import StageLog, StageWorker, WorkerSpec, read_json, write_json
 from nftbench.world import World
 
 log = logging.getLogger("nftbench")
-SCRATCH = "scratch"
 CAPABILITY_AFTER = "capability_after/"  # metric prefix: capability of an attacked model
 STATUS_FAILED = 3  # exit code when some cells failed
+PLAN_FILE = "plan.json"
+FAILURES_FILE = "failures.json"
 
-
-def budget_points(points: int | list[int], steps: int) -> list[int]:
-    """Evenly spaced steps from 0 to ``steps`` (inclusive), or the explicit ones within budget."""
-    if isinstance(points, list):
-        return sorted({p for p in points if p <= steps} | {0, steps})
-    return sorted({round(i * steps / (points - 1)) for i in range(points)})
-
-
-@dataclass
-class StageLog:
-    kind: str
-    label: str
-    key: str
-    cached: bool
-    wall_s: float  # in this run (0 for a stage found in the store)
-    computed_wall_s: float | None = None  # when the stored entry was computed
-    status: str = "ok"
-    error: str | None = None
+__all__ = ["CAPABILITY_AFTER", "RESULT_COLUMNS", "SCRATCH", "STATUS_FAILED", "RunOutcome",
+           "Runner", "StageLog", "row"]
 
 
 @dataclass
@@ -85,292 +68,209 @@ class RunOutcome:
 
 
 class Runner:
-    """Executes one matrix over one store."""
+    """Executes one matrix over one store.
 
-    def __init__(self, matrix: Matrix, progress: bool = True) -> None:
+    ``executor``: "sequential" (default; "pool" when ``workers`` > 1) or "ray". ``workers``:
+    processes or Ray actors. ``address``: an existing Ray cluster. ``retry_failed``: rerun
+    the stages whose failure an earlier run recorded (otherwise they stay failed).
+    """
+
+    def __init__(self, matrix: Matrix, progress: bool = True, executor: str | None = None,
+                 workers: int | None = None, address: str | None = None,
+                 retry_failed: bool = False, plugin_dirs: Sequence[str] = ()) -> None:
         self.matrix = matrix
         self.cfg = matrix.config
         self.run_dir = self.cfg.run_dir
         self.store = Store(self.cfg.store_path)
         self.progress = progress
+        self.executor_name = executor or ("pool" if (workers or 1) > 1 else "sequential")
+        self.workers = workers
+        self.address = address
+        self.retry_failed = retry_failed
+        self.plugin_dirs = tuple(str(p) for p in plugin_dirs)
         self.world = World(self.cfg.world)
-        self.stages: list[StageLog] = []
-        self._corpus: torch.Tensor | None = None
-        self._private: dict[str, Path] = {}  # release key -> its private artifacts (harness only)
-        self.task_data = {t.label: {s: t.plugin.examples(s, self.world) for s in t.plugin.splits}
-                          for t in matrix.tasks}
         self.task_fp = {t.label: t.plugin.fingerprint(self.world) for t in matrix.tasks}
+        self.plan = build_plan(matrix, self.world, self.task_fp)
+        self.stages: list[StageLog] = []
 
-    # -- helpers ---------------------------------------------------------------------------
+    # -- executors ---------------------------------------------------------------------------
 
-    def _stage(self, kind: str, label: str, payload: dict[str, Any], build) -> tuple[str, Path]:
-        """Return (key, entry path), running ``build(tmp_dir)`` if the entry is missing."""
-        key = self.store.key(kind, payload)
-        if self.store.has(kind, key):
-            self.stages.append(StageLog(kind, label, key, cached=True, wall_s=0.0,
-                                        computed_wall_s=self.store.meta(kind, key)["wall_s"]))
-            log.info("%-8s %-40s cached  (%s)", kind, label, key[:10])
-            return key, self.store.path(kind, key)
-        log.info("%-8s %-40s running (%s)", kind, label, key[:10])
-        start = time.perf_counter()
-        with self.store.write(kind, key, payload) as tmp:
-            build(tmp)
-        wall = time.perf_counter() - start
-        self.stages.append(StageLog(kind, label, key, cached=False, wall_s=wall,
-                                    computed_wall_s=wall))
-        log.info("%-8s %-40s done in %.1fs", kind, label, wall)
-        return key, self.store.path(kind, key)
-
-    def _spec_payload(self) -> dict[str, Any]:
-        return self.cfg.model.model_dump(mode="json", exclude={"device"})
-
-    # -- stages ----------------------------------------------------------------------------
-
-    def tokenizer(self):
-        spec = self.cfg.model
-        if not spec.is_tiny:
-            self.tokenizer_key = content_key(spec.name_or_path)
-            return load_tokenizer(spec)
-
-        def build(tmp: Path) -> None:
-            train_tokenizer(self.world.documents(), spec.tiny.vocab_size).save_pretrained(tmp)
-
-        payload = {"vocab_size": spec.tiny.vocab_size, "world": self.world.fingerprint}
-        self.tokenizer_key, path = self._stage("tokenizer", "bpe", payload, build)
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path)
-
-    def corpus(self, tokenizer) -> torch.Tensor:
-        """The packed pre-training corpus, tokenized only when a stage trains on it."""
-        if self._corpus is None:
-            self._corpus = pack_corpus(self.world.documents(), tokenizer,
-                                       self.cfg.pretrain.seq_len)
-        return self._corpus
-
-    def pretrain(self, tokenizer, corpus_fp: str) -> tuple[str, Release]:
-        spec, pre = self.cfg.model, self.cfg.pretrain
-
-        def build(tmp: Path) -> None:
-            model = init_model(spec, tokenizer, pre.seed) if spec.is_tiny else load_pretrained(
-                spec)
-            batches = corpus_batches(self.corpus(tokenizer), pre.batch_size, pre.seed)
-            result = train(model, batches, pre.steps,
-                           pre.optim, desc="pretrain", progress=self.progress)
-            if result.diverged:
-                raise FloatingPointError(f"pre-training diverged at step {result.diverged_at}")
-            save_release(model, tokenizer, tmp / "release")
-            write_json(tmp / "train_log.json", {"losses": result.losses, "tokens": result.tokens,
-                                                "flops": result.flops, "wall_s": result.wall_s})
-
-        payload = {"model": self._spec_payload(), "tokenizer": self.tokenizer_key,
-                   "pretrain": pre.model_dump(mode="json"), "corpus": corpus_fp}
-        key, path = self._stage("pretrain", "base", payload, build)
-        return key, Release(path / "release", spec)
-
-    def defend(self, variant: Variant, tokenizer, corpus_fp: str, base_key: str,
-               base: Release, evaluator: Evaluator) -> tuple[str, Release]:
-        defense = variant.plugin
-        restricted = {t.label: self.task_data[t.label]["train"]
-                      for t in self.matrix.restricted_tasks}
-        capability = [t.label for t in self.matrix.capability_tasks]
-
-        def build(tmp: Path) -> None:
-            ctx = DefenseContext(spec=self.cfg.model, tokenizer=tokenizer,
-                                 corpus=self.corpus(tokenizer),
-                                 pretrain=self.cfg.pretrain, base=base, restricted=restricted,
-                                 release_dir=tmp / "release", private_dir=tmp / "private",
-                                 progress=self.progress, evaluate=evaluator,
-                                 evaluate_capability=(lambda m, t: evaluator(m, t, capability))
-                                 if capability else None)
-            ctx.private_dir.mkdir()
-            defense.defend(ctx)
-            Release(ctx.release_dir, self.cfg.model)  # validates the allow-list
-
-        payload = {"defense": variant.name, "version": variant.version,
-                   "params": variant.params, "base": base_key, "tokenizer": self.tokenizer_key,
-                   "corpus": corpus_fp, "pretrain": self.cfg.pretrain.model_dump(mode="json")}
-        if defense.uses_restricted_data:  # it may also read capability scores (a guard)
-            payload["restricted"] = {k: self.task_fp[k] for k in restricted}
-            payload["capability"] = {k: self.task_fp[k] for k in capability}
-        key, path = self._stage("defend", variant.label, payload, build)
-        self._private[key] = path / "private"
-        return key, Release(path / "release", self.cfg.model)
-
-    def scratch(self, tokenizer, seed: int) -> tuple[str, Release]:
-        def build(tmp: Path) -> None:
-            save_release(init_model(self.cfg.model, tokenizer, seed), tokenizer, tmp / "release")
-
-        payload = {"model": self._spec_payload(), "tokenizer": self.tokenizer_key, "seed": seed}
-        key, path = self._stage("scratch", f"seed {seed}", payload, build)
-        return key, Release(path / "release", self.cfg.model)
-
-    def utility(self, label: str, release_key: str, release: Release,
-                evaluator: Evaluator) -> dict[str, float]:
-        names = [t.label for t in self.matrix.capability_tasks]
-        if not names:
-            return {}
-
-        def build(tmp: Path) -> None:
-            model, tok = release.load()
-            write_json(tmp / "scores.json", evaluator(model, tok, names))
-
-        payload = {"release": release_key, "tasks": {n: self.task_fp[n] for n in names},
-                   "task_params": {t.label: t.params for t in self.matrix.capability_tasks}}
-        _, path = self._stage("utility", label, payload, build)
-        return read_json(path / "scores.json")
-
-    def attack(self, release_label: str, release_key: str, release: Release, adversary: Variant,
-               task: Variant, seed: int, evaluator: Evaluator,
-               owner: Callable[[Any], Authorization] | None = None) -> dict[str, Any]:
-        """One cell: ``adversary`` fine-tunes ``release`` on ``task``. With ``owner`` (the
-        defense's authorization), the owner runs the adversary's recipe on its own release."""
-        points = self.cfg.eval.budget_points
-        who = "owner " if owner else ""
-        label = f"{who}{adversary.label} > {release_label} / {task.label} / seed {seed}"
-
-        def build(tmp: Path) -> None:
-            capability = [t.label for t in self.matrix.capability_tasks]
-            ctx = AttackContext(
-                seed=seed, evaluate=lambda m, t: evaluator(m, t, [task.label]),
-                evaluate_capability=(lambda m, t: evaluator(m, t, capability)) if capability
-                else None,
-                budget_points=lambda steps: budget_points(points, steps),
-                progress=self.progress, authorization=owner,
-                desc=f"{who}{adversary.label}/{task.label}/s{seed}")
-            torch.manual_seed(seed)
-            result = adversary.plugin.attack(release, self.task_data[task.label]["train"], ctx)
-            diagnostics = dict(ctx.diagnostics)
-            private = self._private.get(release_key)  # scratch releases have none
-            if private and (private / MASK_FILE).exists():
-                # scored here, by the harness: the adversary never sees the private mask
-                mask = load_mask(private / MASK_FILE)
-                if ctx.mask_guess is not None:
-                    diagnostics["mask_iou"] = mask_iou(ctx.mask_guess, mask)
-                if ctx.trained is not None and not result.diverged:
-                    share = update_share(weight_update(ctx.trained, release.path), mask)
-                    if share is not None:
-                        diagnostics["update_share_ticket"] = share
-                        diagnostics["ticket_fraction"] = mask_fraction(mask)
-            write_json(tmp / "curve.json", {
-                "diagnostics": diagnostics,
-                "diverged_at": result.diverged_at, "steps": result.steps,
-                "tokens": result.tokens, "flops": result.flops, "wall_s": result.wall_s,
-                "eval_s": result.eval_s,
-                "points": [asdict(p) for p in result.points]})
-
-        payload = {"release": release_key, "adversary": adversary.name,
-                   "version": adversary.version, "params": adversary.params,
-                   "task": task.label, "task_params": task.params, "data": self.task_fp[task.label],
-                   "seed": seed, "budget_points": points,
-                   "capability_after": {t.label: self.task_fp[t.label]
-                                        for t in self.matrix.capability_tasks}}
-        if owner is not None:
-            payload["authorized"] = True
-        _, path = self._stage("attack", label, payload, build)
-        return read_json(path / "curve.json")
+    def _executor(self) -> Executor:
+        cores = os.cpu_count() or 1
+        spec = WorkerSpec(self.cfg.model_dump(mode="json"), self.plugin_dirs,
+                          progress=False, threads=self.cfg.threads)
+        if self.executor_name == "sequential":
+            spec = WorkerSpec(spec.config, spec.plugin_dirs, self.progress,
+                              self.cfg.threads or cores)
+            return SequentialExecutor(StageWorker(spec, self.matrix))
+        if self.executor_name == "pool":
+            workers = self.workers or cores
+            per_worker = self.cfg.threads or max(1, cores // workers)
+            spec = WorkerSpec(spec.config, spec.plugin_dirs, False, per_worker)
+            return PoolExecutor(spec, workers, exclusive_threads=per_worker * workers)
+        if self.executor_name == "ray":
+            return RayExecutor(spec, self.workers, self.address, self.cfg.threads)
+        raise ValueError(f"unknown executor {self.executor_name!r}")
 
     # -- the matrix ------------------------------------------------------------------------
 
     def run(self) -> RunOutcome:
         start = time.perf_counter()
         m, cfg = self.matrix, self.cfg
-        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        evaluator = Evaluator({t.label: t.plugin for t in m.tasks}, self.world,
-                              self.run_dir / "lm_eval_tasks", cfg.eval.batch_size)
-        tokenizer = self.tokenizer()
-        # The packed corpus is a deterministic function of these, so they name it.
-        corpus_fp = content_key({"world": self.world.fingerprint, "tokenizer": self.tokenizer_key,
-                                 "seq_len": cfg.pretrain.seq_len})
-        base_key, base = self.pretrain(tokenizer, corpus_fp)
+        write_lm_eval_tasks({t.label: t.plugin for t in m.tasks}, self.world,
+                            self.run_dir / "lm_eval_tasks")
+        write_json_atomic(self.run_dir / PLAN_FILE, {
+            "name": cfg.name, "store": str(self.store.root.resolve()),
+            "executor": self.executor_name, "jobs": [j.to_json() for j in self.plan]})
+        failures = read_failures(self.run_dir)
+        cells = sum(j.kind == "attack" for j in self.plan)
+        stage_bar = tqdm(total=len(self.plan) - cells, desc="shared stages", unit="stage",
+                         disable=not self.progress, position=0)
+        cell_bar = tqdm(total=cells, desc="cells", unit="cell", disable=not self.progress,
+                        position=1)
 
-        releases: dict[str, tuple[str, Release]] = {}
-        for d in m.defenses:
-            try:
-                releases[d.label] = self.defend(d, tokenizer, corpus_fp, base_key, base,
-                                               evaluator)
-            except Exception as err:  # one broken defense must not stop the others
-                self._record_failure("defend", d.label, err)
-        scratch = {s: self.scratch(tokenizer, s) for s in cfg.seeds}
-        self._link_releases(releases, scratch)
+        def on_start(job: Job) -> None:
+            if self.executor_name != "sequential":  # the worker logs it in sequential runs
+                log.info("%-8s %-40s submitted", job.kind, job.label)
 
-        rows: list[dict[str, Any]] = []
-        targets = [(label, *releases[label]) for label in releases]
-        for label, key, release in [*targets, (SCRATCH, *scratch[cfg.seeds[0]])]:
-            try:
-                for task, score in self.utility(label, key, release, evaluator).items():
-                    rows.append(row(release=label, adversary="-", task=task, role="capability",
-                                    seed=None, step=0, metric="score", value=score))
-            except Exception as err:
-                self._record_failure("utility", label, err)
+        def on_done(job: Job, result: StageLog) -> None:
+            (cell_bar if job.kind == "attack" else stage_bar).update()
+            if result.status == "failed":
+                first = (result.error or "").strip().splitlines()[-1:] or [""]
+                log.error("%-8s %-40s FAILED: %s", job.kind, job.label, first[0])
+                if not result.error.startswith(("not run:", "recorded failure")):
+                    failures[job.id] = {"kind": job.kind, "label": job.label, "key": job.key,
+                                        "error": result.error, "worker": result.worker,
+                                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                    write_json_atomic(self.run_dir / FAILURES_FILE, failures)
+            else:
+                if job.id in failures:
+                    del failures[job.id]
+                    write_json_atomic(self.run_dir / FAILURES_FILE, failures)
+                if self.executor_name != "sequential":
+                    log.info("%-8s %-40s %s", job.kind, job.label,
+                             "cached" if result.cached else f"done in {result.wall_s:.1f}s "
+                             f"on {result.worker}")
 
-        owners = self._owners(releases)
-        cells = [(label, a, t, s, None) for label in [*releases, SCRATCH] for a in m.adversaries
-                 for t in m.restricted_tasks for s in cfg.seeds]
-        cells += [(label, a, t, s, owner) for label, owner in owners.items()
-                  for a in m.adversaries if a.plugin.owner_recipe
-                  for t in m.restricted_tasks for s in cfg.seeds]
-        for label, adversary, task, seed, owner in tqdm(cells, desc="cells", unit="cell",
-                                                        disable=not self.progress):
-            key, release = scratch[seed] if label == SCRATCH else releases[label]
-            ids = dict(release=label, adversary=adversary.label, task=task.label,
-                       role="restricted", seed=seed, authorized=owner is not None)
-            try:
-                curve = self.attack(label, key, release, adversary, task, seed, evaluator,
-                                    owner)
-            except Exception as err:
-                self._record_failure("attack", f"{'owner ' if owner else ''}{adversary.label} "
-                                     f"> {label}/{task.label}/s{seed}", err)
-                rows.append(row(**ids, step=None, metric="score", value=None, status="failed"))
-                continue
-            rows += curve_rows(curve, ids, task.label)
-        for d in m.defenses:  # a defense that failed: its cells count as failed, not resisted
-            if d.label not in releases:
-                rows += [row(release=d.label, adversary=a.label, task=t.label,
-                             role="restricted", seed=s, metric="score", status="failed")
-                         for a in m.adversaries for t in m.restricted_tasks for s in cfg.seeds]
+        def recorded(job: Job) -> StageLog | None:
+            """A failure an earlier run recorded stays failed, unless asked to retry it."""
+            if self.retry_failed or job.id not in failures:
+                return None
+            if self.store.has(job.kind, job.key, verify=False):  # done since, by another run
+                return None
+            return StageLog(job.kind, job.label, job.key, cached=False, wall_s=0.0,
+                            status="failed", error="recorded failure (rerun with "
+                            "--retry-failed to retry it):\n" + failures[job.id]["error"])
 
-        results = pd.DataFrame(rows, columns=RESULT_COLUMNS).astype(
-            {"seed": "Int64", "step": "Int64", "tokens": "Int64", "trial": "Int64"})
+        executor = self._executor()
+        try:
+            logs = schedule(self.plan, executor, on_start, on_done, recorded)
+        finally:
+            executor.close()
+            stage_bar.close()
+            cell_bar.close()
+        self.stages = [logs[j.id] for j in self.plan]
+        results = self.collect(logs)
         outcome = RunOutcome(results=results, stages=self.stages,
                              wall_s=time.perf_counter() - start)
         results.to_csv(self.run_dir / "results.csv", index=False)
         results.to_parquet(self.run_dir / "results.parquet", index=False)
+        self._link_releases(logs)
+        corpus = next(j.payload["corpus"] for j in self.plan if j.kind == "pretrain")
         write_manifest(self.run_dir / "manifest.json", m, outcome,
-                       data={"world": self.world.fingerprint, "corpus": corpus_fp,
-                             "tasks": self.task_fp})
+                       data={"world": self.world.fingerprint, "corpus": corpus,
+                             "tasks": self.task_fp},
+                       execution={"executor": self.executor_name, "workers": self.workers,
+                                  "address": self.address})
         return outcome
 
-    def _owners(self, releases: dict[str, tuple[str, Release]]
-                ) -> dict[str, Callable[[Any], Authorization]]:
-        """Each defended release whose defense has authorized tuning -> its authorization."""
-        out = {}
-        for d in self.matrix.defenses:
-            if d.label in releases:
-                owner = d.plugin.authorize(self._private[releases[d.label][0]])
-                if owner is not None:
-                    out[d.label] = owner
-        return out
+    def collect(self, logs: dict[str, StageLog]) -> pd.DataFrame:
+        """The tidy results table, read from the store entries of the finished stages."""
+        rows: list[dict[str, Any]] = []
+        for job in self.plan:
+            ok = logs[job.id].status == "ok"
+            if job.kind == "utility" and ok:
+                scores = read_json(self.store.path(job.kind, job.key) / "scores.json")
+                rows += [row(release=job.args["release_label"], adversary="-", task=task,
+                             role="capability", seed=None, step=0, metric="score",
+                             value=score) for task, score in scores.items()]
+            elif job.kind == "attack":
+                ids = dict(job.cell, role="restricted")
+                if ok:
+                    curve = read_json(self.store.path(job.kind, job.key) / "curve.json")
+                    rows += curve_rows(curve, ids, job.cell["task"])
+                else:
+                    rows.append(row(**ids, step=None, metric="score", value=None,
+                                    status="failed"))
+        return pd.DataFrame(rows, columns=RESULT_COLUMNS).astype(
+            {"seed": "Int64", "step": "Int64", "tokens": "Int64", "trial": "Int64"})
 
-    def _record_failure(self, kind: str, label: str, err: Exception) -> None:
-        tb = "".join(traceback.format_exception(err))
-        log.error("%-8s %-40s FAILED: %s", kind, label, err)
-        self.stages.append(StageLog(kind, label, "", cached=False, wall_s=0.0, status="failed",
-                                    error=tb))
-
-    def _link_releases(self, releases: dict[str, tuple[str, Release]],
-                       scratch: dict[int, tuple[str, Release]]) -> None:
+    def _link_releases(self, logs: dict[str, StageLog]) -> None:
         """``RUN_DIR/releases/<label>`` points at each release in the store (for lm_eval)."""
         folder = self.run_dir / "releases"
         folder.mkdir(parents=True, exist_ok=True)
-        links = {label: rel for label, (_, rel) in releases.items()}
-        links |= {f"{SCRATCH}-seed{s}": rel for s, (_, rel) in scratch.items()}
-        for label, rel in links.items():
+        for job in self.plan:
+            if job.kind not in ("defend", "scratch") or logs[job.id].status != "ok":
+                continue
+            label = job.label if job.kind == "defend" else f"{SCRATCH}-seed{job.args['seed']}"
+            target = self.store.path(job.kind, job.key) / "release"
             link = folder / label.replace("/", "_")
             if link.is_symlink() or link.exists():
                 link.unlink()
-            link.symlink_to(Path(os.path.relpath(rel.path.resolve(), folder.resolve())))
+            link.symlink_to(Path(os.path.relpath(target.resolve(), folder.resolve())))
+
+
+STATES = ("done", "running", "failed", "pending")
+
+
+def run_status(run_dir: str | Path) -> pd.DataFrame:
+    """Every stage of the run in ``run_dir`` (its last plan) with its state now: ``done`` (its
+    entry is in the store), ``running`` (a live worker holds its claim), ``failed`` (a failure
+    is recorded, or an input failed) or ``pending``. Reads files only; runs nothing."""
+    run_dir = Path(run_dir)
+    plan_path = run_dir / PLAN_FILE
+    if not plan_path.exists():
+        raise FileNotFoundError(f"{run_dir} has no {PLAN_FILE}: not a run folder, or the run "
+                                "never started")
+    plan = read_json(plan_path)
+    store = Store(plan["store"])
+    failures = read_failures(run_dir)
+    rows: list[dict[str, Any]] = []
+    state: dict[str, str] = {}
+    for job in plan["jobs"]:  # dependency order: inputs come first
+        holder = None
+        reason = None
+        if store.has(job["kind"], job["key"], verify=False):
+            st = "done"
+        elif (holder := store.running(job["kind"], job["key"])) is not None:
+            st = "running"
+        elif job["id"] in failures:
+            st = "failed"
+            reason = (failures[job["id"]]["error"] or "").strip().splitlines()[-1:]
+            reason = reason[0] if reason else ""
+        elif bad := [d for d in job["deps"] if state.get(d) == "failed"]:
+            st, reason = "failed", f"input {bad[0].split(':')[0]} failed"
+        else:
+            st = "pending"
+        state[job["id"]] = st
+        since = holder.get("since") if holder else None
+        rows.append({"kind": job["kind"], "label": job["label"], "key": job["key"],
+                     "state": st, "reason": reason,
+                     "worker": f"{holder.get('host')}:{holder.get('pid')}" if holder else None,
+                     "running_s": round(time.time() - since, 1) if since else None})
+    return pd.DataFrame(rows)
+
+
+def read_failures(run_dir: Path) -> dict[str, dict[str, Any]]:
+    path = Path(run_dir) / FAILURES_FILE
+    return read_json(path) if path.exists() else {}
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_json(tmp, obj)
+    os.replace(tmp, path)
 
 
 RESULT_COLUMNS = ["release", "adversary", "task", "role", "seed", "step", "tokens", "flops",
@@ -415,10 +315,3 @@ def curve_rows(curve: dict[str, Any], ids: dict[str, Any], task: str) -> list[di
                            status=status))
     return out
 
-
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1))
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())

@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -42,19 +43,25 @@ def metric_key(task: Task) -> str:
 
 
 def write_lm_eval_tasks(tasks: dict[str, Task], world: World | None, folder: Path) -> Path:
-    """Write each generated task's eval data and lm-eval YAML under ``folder``."""
+    """Write each generated task's eval data and lm-eval YAML under ``folder``. Each file is
+    replaced atomically: concurrent workers of one run write the same content side by side."""
     folder.mkdir(parents=True, exist_ok=True)
     for label, task in tasks.items():
         if task.config.lm_eval_task:
             continue
         name = lm_eval_name(label, task)
         data_file = folder / f"{name}.jsonl"
-        with data_file.open("w") as f:
-            for ex in task.examples("eval", world):
-                f.write(json.dumps(ex) + "\n")
+        lines = "".join(json.dumps(ex) + "\n" for ex in task.examples("eval", world))
+        _write_atomic(data_file, lines)
         config = lm_eval_yaml(task, name, data_file)
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        _write_atomic(folder / f"{name}.yaml", yaml.safe_dump(config, sort_keys=False))
     return folder
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class Evaluator:

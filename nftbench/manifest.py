@@ -57,7 +57,8 @@ def hardware() -> dict[str, Any]:
 
 
 def write_manifest(path: Path, matrix: Matrix, outcome: RunOutcome,
-                   data: dict[str, Any]) -> dict[str, Any]:
+                   data: dict[str, Any], execution: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
     config = matrix.config.model_dump(mode="json")
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -71,6 +72,7 @@ def write_manifest(path: Path, matrix: Matrix, outcome: RunOutcome,
         "git": git_commit(),
         "hardware": hardware(),
         "data_fingerprints": data,
+        "execution": execution or {"executor": "sequential"},
         "wall_s": round(outcome.wall_s, 3),
         "stages": [asdict(s) for s in outcome.stages],
     }

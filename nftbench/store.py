@@ -10,15 +10,23 @@ SHA-256 of every file is written last, and the folder is renamed into place. A r
 moment leaves at most an orphaned temporary folder, never a half-written entry; entries whose
 files no longer match their checksums (or whose ``entry.json`` does not parse) are treated as
 missing, with a warning, and recomputed.
+
+Claims make a store safe to share between workers (processes of one run, two runs, Ray workers
+on a shared filesystem): a stage is computed under an exclusive ``flock`` on
+``ROOT/<kind>/.claims/<key>.lock``, so a second worker that wants the same entry waits for the
+first and then reads its result. The kernel drops the lock when its holder dies, even by SIGKILL,
+so a claim never outlives a killed run; ``running(kind, key)`` asks whether one is held now.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 ENTRY_FILE = "entry.json"
+CLAIMS = ".claims"
 log = logging.getLogger("nftbench")
 
 
@@ -80,6 +89,65 @@ class Store:
     def meta(self, kind: str, key: str) -> dict[str, Any]:
         return json.loads((self.path(kind, key) / ENTRY_FILE).read_text())
 
+    def claim_path(self, kind: str, key: str) -> Path:
+        return self.root / kind / CLAIMS / f"{key}.lock"
+
+    @contextmanager
+    def claim(self, kind: str, key: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the exclusive claim on ``kind/key`` for the block; yields False (without
+        waiting) if ``wait`` is off and another worker holds it. On entry, temporary folders
+        that a killed writer of this key left behind are removed (only the holder writes them).
+        """
+        path = self.claim_path(kind, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    os.close(fd)
+                    yield False
+                    return
+                log.info("store: %s/%s is being computed by %s; waiting for it", kind, key,
+                         _read_holder(path))
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            # The holder before us may have unlinked the file after we opened it: then our lock
+            # is on a dead inode and a third worker may hold the live one. Retry on the path.
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.time()}).encode())
+            for orphan in path.parent.parent.glob(f".{key}.*"):
+                shutil.rmtree(orphan, ignore_errors=True)
+            yield True
+        finally:
+            path.unlink(missing_ok=True)  # before the unlock, see above
+            os.close(fd)
+
+    def running(self, kind: str, key: str) -> dict[str, Any] | None:
+        """Who holds the claim on ``kind/key`` now ({pid, host, since}), or None."""
+        path = self.claim_path(kind, key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(path) or {}
+        else:
+            return None  # a file left by a killed holder: nobody holds it
+        finally:
+            os.close(fd)
+
     @contextmanager
     def write(self, kind: str, key: str, payload: dict[str, Any]) -> Iterator[Path]:
         """Yield a temporary folder; on normal exit it becomes the entry ``kind/key``."""
@@ -101,3 +169,10 @@ class Store:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_holder(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

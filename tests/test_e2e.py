@@ -118,11 +118,18 @@ def test_diverged_and_failed_cells_are_recorded_and_the_matrix_goes_on(
     assert set(broken.status) == {"failed"} and broken.value.isna().all()
     failures = [s for s in manifest["stages"] if s["status"] == "failed"]
     assert len(failures) == 2 and "this attack is broken" in failures[0]["error"]
-    # failed cells are not stored: a rerun retries them (and the others come from the store)
+    # failed cells are not stored; a rerun reports the recorded failures, --retry-failed
+    # runs them again (and the others come from the store)
     code, again = run(tiny_raw, tmp_path)
     assert code == 3
-    reran = [(s["kind"], s["status"]) for s in again["stages"] if not s["cached"]]
+    failed = [s["error"] for s in again["stages"] if s["status"] == "failed"]
+    assert len(failed) == 2 and all(e.startswith("recorded failure") for e in failed)
+    code, retried = run(tiny_raw, tmp_path, "--retry-failed")
+    assert code == 3
+    reran = [(s["kind"], s["status"]) for s in retried["stages"] if not s["cached"]]
     assert reran == [("attack", "failed"), ("attack", "failed")]
+    assert all("this attack is broken" in s["error"] for s in retried["stages"]
+               if s["status"] == "failed")
 
 
 def test_a_failed_defense_counts_its_cells_as_failed(tiny_raw: dict[str, Any],

@@ -1,0 +1,237 @@
+"""Where stages run: in this process, in a local process pool, or on a Ray cluster.
+
+Every executor runs :class:`~nftbench.worker.StageWorker` jobs and hands back a
+``concurrent.futures.Future`` of the job's :class:`~nftbench.worker.StageLog`; :func:`schedule`
+walks the DAG over any of them. A job starts only when the jobs it reads are done, so the shared
+stages (the base model, each release) run once, before the cells that need them, and cells whose
+release is ready run while other releases are still being built. Claims in the store (see
+:mod:`nftbench.store`) keep two workers, or two runs, from computing one stage at once.
+
+* ``sequential`` (default): in this process, with every core.
+* ``pool``: ``--workers N`` spawned processes, each with ``cores // N`` torch threads so that
+  workers do not fight over cores (on a 2-core machine two workers each running two threads are
+  several times slower than one), and one GPU each where there are GPUs. Pre-training, which
+  nothing else can run beside, runs alone with every core.
+* ``ray``: one actor per GPU of the cluster (or ``--workers`` actors), each with its share of the
+  CPUs. ``--address`` joins an existing cluster; without it a local Ray instance is started.
+  Every node must have nftbench installed and see the store at the same path (a shared
+  filesystem).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from nftbench.plan import Job
+from nftbench.worker import StageLog, StageWorker, WorkerSpec
+
+log = logging.getLogger("nftbench")
+EXECUTORS = ("sequential", "pool", "ray")
+WORKER_DIED = ("the worker process running this stage died (killed, or out of memory): {err}")
+
+
+class Executor(Protocol):
+    slots: int  # jobs that run at once
+    exclusive_threads: int | None  # threads of an exclusive job (None: exclusivity is moot)
+
+    def submit(self, job: Job, threads: int | None = None) -> cf.Future[StageLog]: ...
+
+    def close(self) -> None: ...
+
+
+class SequentialExecutor:
+    """Runs each job in this process as it is submitted."""
+
+    slots = 1
+    exclusive_threads = None
+
+    def __init__(self, worker: StageWorker) -> None:
+        self.worker = worker
+
+    def submit(self, job: Job, threads: int | None = None) -> cf.Future[StageLog]:
+        future: cf.Future[StageLog] = cf.Future()
+        future.set_result(self.worker.run(job, threads))
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+# The pool process's worker, built once by the initializer (a process pool has no actors).
+_POOL_WORKER: StageWorker | None = None
+
+
+def _init_pool_worker(spec: WorkerSpec, gpus: Any) -> None:
+    global _POOL_WORKER
+    if gpus is not None:  # one GPU per worker, before anything initializes CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
+    logging.basicConfig(level=logging.WARNING, format=f"[worker {os.getpid()}] %(message)s")
+    _POOL_WORKER = StageWorker(spec)
+
+
+def _run_in_pool(job: Job, threads: int | None) -> StageLog:
+    assert _POOL_WORKER is not None, "pool worker not initialized"
+    return _POOL_WORKER.run(job, threads)
+
+
+class PoolExecutor:
+    """``workers`` spawned processes on this machine."""
+
+    def __init__(self, spec: WorkerSpec, workers: int, exclusive_threads: int | None) -> None:
+        import torch
+
+        self.spec, self.slots, self.exclusive_threads = spec, workers, exclusive_threads
+        self._ctx = multiprocessing.get_context("spawn")  # fork after torch init is unsafe
+        n_gpus = torch.cuda.device_count()
+        self._gpus = None
+        if n_gpus:
+            if workers > n_gpus:
+                log.warning("%d workers share %d GPUs", workers, n_gpus)
+            self._gpus = self._ctx.Queue()
+            for i in range(workers):
+                self._gpus.put(i % n_gpus)
+        self._pool = self._start()
+
+    def _start(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(self.slots, mp_context=self._ctx,
+                                      initializer=_init_pool_worker,
+                                      initargs=(self.spec, self._gpus))
+
+    def submit(self, job: Job, threads: int | None = None) -> cf.Future[StageLog]:
+        try:
+            return self._pool.submit(_run_in_pool, job, threads)
+        except cf.process.BrokenProcessPool:  # a worker died earlier: start a fresh pool
+            log.warning("pool: a worker died; starting a new pool")
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+            return self._pool.submit(_run_in_pool, job, threads)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class StageActor:
+    """A Ray actor holding one StageWorker (built once, reused for every job it runs)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        logging.basicConfig(level=logging.WARNING)
+        self.worker = StageWorker(spec)
+
+    def run(self, job: Job, threads: int | None) -> StageLog:
+        return self.worker.run(job, threads)
+
+
+class RayExecutor:
+    """One actor per GPU of the cluster, or ``workers`` actors; each job on an idle actor."""
+
+    def __init__(self, spec: WorkerSpec, workers: int | None, address: str | None,
+                 threads: int | None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError("--executor ray needs Ray: pip install 'nftbench[ray]'") from None
+        self.ray = ray
+        self._started = not ray.is_initialized()
+        if self._started:
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+            if address is None:
+                kwargs["num_cpus"] = os.cpu_count()
+            ray.init(address=address, **kwargs)
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        self.slots = workers or gpus or max(1, cpus // (threads or 1))
+        threads = threads or max(1, cpus // self.slots)
+        self.exclusive_threads = None
+        self._actor_cls = ray.remote(num_cpus=threads, num_gpus=1 if gpus else 0)(StageActor)
+        self._spec = spec
+        self._threads = threads
+        self._actors = [self._actor_cls.remote(spec) for _ in range(self.slots)]
+        self._busy: dict[int, cf.Future[StageLog]] = {}
+        self._lock = threading.Lock()
+        log.info("ray: %d actors (%d CPUs, %d GPUs in the cluster; %d threads, %s GPU each)",
+                 self.slots, cpus, gpus, threads, 1 if gpus else 0)
+
+    def submit(self, job: Job, threads: int | None = None) -> cf.Future[StageLog]:
+        with self._lock:
+            free = [i for i in range(self.slots)
+                    if i not in self._busy or self._busy[i].done()]
+            if not free:
+                raise RuntimeError("ray: no idle actor (the scheduler over-submitted)")
+            i = free[0]
+            future = self._actors[i].run.remote(job, threads or self._threads).future()
+            self._busy[i] = future
+        future.add_done_callback(lambda f, i=i: self._replace_if_dead(i, f))
+        return future
+
+    def _replace_if_dead(self, i: int, future: cf.Future[StageLog]) -> None:
+        if isinstance(future.exception(), self.ray.exceptions.RayActorError):
+            log.warning("ray: actor %d died; starting a new one", i)
+            with self._lock:
+                self._actors[i] = self._actor_cls.remote(self._spec)
+
+    def close(self) -> None:
+        for actor in self._actors:
+            self.ray.kill(actor)
+        if self._started:
+            self.ray.shutdown()
+
+
+def schedule(jobs: Iterable[Job], executor: Executor,
+             on_start: Callable[[Job], None] = lambda job: None,
+             on_done: Callable[[Job, StageLog], None] = lambda job, log: None,
+             skip: Callable[[Job], StageLog | None] = lambda job: None) -> dict[str, StageLog]:
+    """Run ``jobs`` (a DAG listed in dependency order) on ``executor``; return job id -> log.
+
+    A job whose input failed is not run: it is failed with that reason. ``skip(job)`` may
+    return a log to use instead of running the job (a failure recorded by an earlier run).
+    """
+    waiting = list(jobs)
+    by_id = {j.id: j for j in waiting}
+    logs: dict[str, StageLog] = {}
+    running: dict[cf.Future[StageLog], Job] = {}
+
+    def finish(job: Job, result: StageLog) -> None:
+        logs[job.id] = result
+        on_done(job, result)
+
+    while waiting or running:
+        for job in list(waiting):
+            failed = [d for d in job.deps if d in logs and logs[d].status == "failed"]
+            skipped = skip(job) if not failed else None
+            if failed or skipped is not None:
+                waiting.remove(job)
+                finish(job, skipped or StageLog(
+                    job.kind, job.label, job.key, cached=False, wall_s=0.0, status="failed",
+                    error=f"not run: its input {by_id[failed[0]].kind} "
+                          f"{by_id[failed[0]].label!r} failed"))
+        exclusive = executor.exclusive_threads is not None
+        for job in [j for j in waiting if all(d in logs for d in j.deps)]:
+            if len(running) >= executor.slots:
+                break
+            if exclusive and (any(j.exclusive for j in running.values())
+                              or (job.exclusive and running)):
+                break  # an exclusive job runs alone, with every core
+            waiting.remove(job)
+            on_start(job)
+            threads = executor.exclusive_threads if exclusive and job.exclusive else None
+            running[executor.submit(job, threads)] = job
+        if not running:
+            if waiting:  # cannot happen for a DAG in dependency order; fail loudly if it does
+                raise RuntimeError(f"schedule: {len(waiting)} jobs wait on inputs never run")
+            break
+        done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+        for future in done:
+            job = running.pop(future)
+            try:
+                result = future.result()
+            except Exception as err:  # the worker itself died; StageWorker.run never raises
+                result = StageLog(job.kind, job.label, job.key, cached=False, wall_s=0.0,
+                                  status="failed", error=WORKER_DIED.format(err=err))
+            finish(job, result)
+    return logs

@@ -1,0 +1,140 @@
+"""The stage DAG of a matrix, planned before anything runs.
+
+Every job is one stage whose output is one store entry. Its key is the content hash of the
+payload (kind, resolved config, the keys of its inputs, data fingerprints, plugin versions), and
+every input key is itself a content hash, so the whole graph, keys included, follows from the
+config alone. That is what lets a rerun skip finished work, ``nftbench status`` say which cells
+are done without running anything, and any worker run any job whose inputs are in the store::
+
+    tokenizer ─► pretrain ─► defend (per defense) ─┬─► utility (per release)
+             └─► scratch (per seed) ───────────────┴─► attack (per release x adversary x task
+                                                        x seed; owner cells for defenses with
+                                                        authorized tuning)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nftbench.api import Defense
+from nftbench.config import Matrix
+from nftbench.store import content_key
+from nftbench.world import World
+
+SCRATCH = "scratch"
+SHARED_KINDS = ("tokenizer", "pretrain", "defend", "scratch", "utility")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One stage of the DAG, as plain data (it travels to worker processes and Ray actors)."""
+
+    kind: str
+    label: str
+    key: str
+    payload: dict[str, Any]
+    deps: tuple[str, ...] = ()  # ids of the jobs whose entries this one reads
+    args: dict[str, Any] = field(default_factory=dict)  # what the worker needs to find inputs
+    exclusive: bool = False  # run alone, with every core of the machine (pre-training)
+    cell: dict[str, Any] | None = None  # an attack cell's row ids (release, adversary, ...)
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}:{self.key}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"id": self.id}
+
+
+def stage_key(kind: str, payload: dict[str, Any]) -> str:
+    return content_key({"kind": kind, **payload})
+
+
+def _job(kind: str, label: str, payload: dict[str, Any], **kw: Any) -> Job:
+    return Job(kind, label, stage_key(kind, payload), payload, **kw)
+
+
+def has_authorization(defense: Defense) -> bool:
+    """Whether the defense overrides ``authorize`` (so the owner gets cells of its own)."""
+    return type(defense).authorize is not Defense.authorize
+
+
+def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Job]:
+    """Every stage of ``matrix`` in an order that respects its dependencies."""
+    cfg = matrix.config
+    spec = cfg.model
+    spec_payload = spec.model_dump(mode="json", exclude={"device"})
+    jobs: list[Job] = []
+
+    if spec.is_tiny:
+        tok = _job("tokenizer", "bpe", {"vocab_size": spec.tiny.vocab_size,
+                                        "world": world.fingerprint})
+        jobs.append(tok)
+        tokenizer_key, tok_deps = tok.key, (tok.id,)
+    else:  # a hub or local tokenizer is read, not built
+        tokenizer_key, tok_deps = content_key(spec.name_or_path), ()
+    # The packed corpus is a deterministic function of these, so they name it.
+    corpus_fp = content_key({"world": world.fingerprint, "tokenizer": tokenizer_key,
+                             "seq_len": cfg.pretrain.seq_len})
+    pretrain = cfg.pretrain.model_dump(mode="json")
+    base = _job("pretrain", "base", {"model": spec_payload, "tokenizer": tokenizer_key,
+                                     "pretrain": pretrain, "corpus": corpus_fp},
+                deps=tok_deps, args={"tokenizer": tok_deps[0] if tok_deps else None},
+                exclusive=True)
+    jobs.append(base)
+
+    restricted = [t.label for t in matrix.restricted_tasks]
+    capability = [t.label for t in matrix.capability_tasks]
+    releases: dict[str, Job] = {}
+    for d in matrix.defenses:
+        payload = {"defense": d.name, "version": d.version, "params": d.params,
+                   "base": base.key, "tokenizer": tokenizer_key, "corpus": corpus_fp,
+                   "pretrain": pretrain}
+        if d.plugin.uses_restricted_data:  # it may also read capability scores (a guard)
+            payload["restricted"] = {k: task_fp[k] for k in restricted}
+            payload["capability"] = {k: task_fp[k] for k in capability}
+        releases[d.label] = _job("defend", d.label, payload, deps=(base.id, *tok_deps),
+                                 args={"defense": d.label, "base": base.id,
+                                       "tokenizer": tok_deps[0] if tok_deps else None})
+    scratch = {s: _job("scratch", f"seed {s}", {"model": spec_payload,
+                                                 "tokenizer": tokenizer_key, "seed": s},
+                       deps=tok_deps, args={"seed": s,
+                                            "tokenizer": tok_deps[0] if tok_deps else None})
+               for s in cfg.seeds}
+    jobs += [*releases.values(), *scratch.values()]
+
+    targets = [*releases.items(), (SCRATCH, scratch[cfg.seeds[0]])]
+    if capability:
+        for label, release in targets:
+            payload = {"release": release.key, "tasks": {n: task_fp[n] for n in capability},
+                       "task_params": {t.label: t.params for t in matrix.capability_tasks}}
+            jobs.append(_job("utility", label, payload, deps=(release.id,),
+                             args={"release": release.id, "release_label": label}))
+
+    points = cfg.eval.budget_points
+    owners = {d.label for d in matrix.defenses if has_authorization(d.plugin)}
+    cells = [(label, a, t, s, False) for label in [*releases, SCRATCH]
+             for a in matrix.adversaries for t in matrix.restricted_tasks for s in cfg.seeds]
+    cells += [(label, a, t, s, True) for label in releases if label in owners
+              for a in matrix.adversaries if a.plugin.owner_recipe
+              for t in matrix.restricted_tasks for s in cfg.seeds]
+    for label, adversary, task, seed, owner in cells:
+        release = scratch[seed] if label == SCRATCH else releases[label]
+        payload = {"release": release.key, "adversary": adversary.name,
+                   "version": adversary.version, "params": adversary.params,
+                   "task": task.label, "task_params": task.params, "data": task_fp[task.label],
+                   "seed": seed, "budget_points": points,
+                   "capability_after": {c: task_fp[c] for c in capability}}
+        if owner:
+            payload["authorized"] = True
+        who = "owner " if owner else ""
+        jobs.append(_job(
+            "attack", f"{who}{adversary.label} > {label} / {task.label} / seed {seed}", payload,
+            deps=(release.id,),
+            args={"release": release.id, "release_label": label, "adversary": adversary.label,
+                  "task": task.label, "seed": seed, "owner": owner},
+            cell={"release": label, "adversary": adversary.label, "task": task.label,
+                  "seed": seed, "authorized": owner}))
+    return jobs
+

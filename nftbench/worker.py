@@ -1,0 +1,280 @@
+"""Runs one stage of the DAG: in the driver (sequential), a pool process or a Ray actor.
+
+A :class:`StageWorker` is built once per process from the plain config (never from live objects,
+so it can be rebuilt anywhere). ``run(job)`` returns at once when the job's entry is already in
+the store; otherwise it claims the entry (a second worker that wants it waits, then reads it),
+builds it into a temporary folder and lets the store make it visible atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nftbench.api import AttackContext, DefenseContext, Release
+from nftbench.config import Matrix, resolve
+from nftbench.data import corpus_batches, pack_corpus
+from nftbench.evaluation import Evaluator
+from nftbench.masks import MASK_FILE, load_mask, mask_fraction, mask_iou, update_share
+from nftbench.models import (
+    init_model,
+    load_pretrained,
+    load_tokenizer,
+    save_release,
+    train_tokenizer,
+    weight_update,
+)
+from nftbench.plan import Job
+from nftbench.registry import load_plugins
+from nftbench.store import Store
+from nftbench.train import train
+from nftbench.world import World
+
+log = logging.getLogger("nftbench")
+
+
+@dataclass
+class StageLog:
+    """What happened to one stage in one run."""
+
+    kind: str
+    label: str
+    key: str
+    cached: bool
+    wall_s: float  # in this run (0 for a stage found in the store)
+    computed_wall_s: float | None = None  # when the stored entry was computed
+    status: str = "ok"  # ok | failed
+    error: str | None = None  # the traceback of a failure
+    worker: str | None = None  # host:pid that ran it
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs to rebuild the matrix: plain data only."""
+
+    config: dict[str, Any]  # the resolved MatrixConfig, dumped to JSON types
+    plugin_dirs: tuple[str, ...] = ()
+    progress: bool = True
+    threads: int | None = None  # torch threads (None: leave as is)
+
+
+def quiet_libraries() -> None:
+    """nftbench draws one bar per cell and per training run; the per-file and per-split bars
+    and info logs of the libraries it drives would bury them."""
+    import datasets
+    import transformers
+
+    for noisy in ("lm_eval", "lm-eval", "transformers", "datasets", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+def budget_points(points: int | list[int], steps: int) -> list[int]:
+    """Evenly spaced steps from 0 to ``steps`` (inclusive), or the explicit ones within budget."""
+    if isinstance(points, list):
+        return sorted({p for p in points if p <= steps} | {0, steps})
+    return sorted({round(i * steps / (points - 1)) for i in range(points)})
+
+
+class StageWorker:
+    def __init__(self, spec: WorkerSpec, matrix: Matrix | None = None) -> None:
+        if matrix is None:  # a fresh process: plugins and the matrix from plain data
+            quiet_libraries()
+            load_plugins(spec.plugin_dirs)
+            matrix = resolve(spec.config)
+        self.spec = spec
+        self.matrix = matrix
+        self.cfg = matrix.config
+        self.progress = spec.progress
+        self.threads = spec.threads
+        self.store = Store(self.cfg.store_path)
+        self.world = World(self.cfg.world)
+        self.variants = {(v.kind, v.label): v for kind in ("defenses", "adversaries", "tasks")
+                         for v in getattr(matrix, kind)}
+        self.task_data = {t.label: {s: t.plugin.examples(s, self.world) for s in t.plugin.splits}
+                          for t in matrix.tasks}
+        self.whoami = f"{socket.gethostname()}:{os.getpid()}"
+        self._evaluator: Evaluator | None = None
+        self._tokenizer: Any = None
+        self._corpus: torch.Tensor | None = None
+
+    # -- shared per-process state, built on first use --------------------------------------
+
+    @property
+    def evaluator(self) -> Evaluator:
+        if self._evaluator is None:
+            self._evaluator = Evaluator({t.label: t.plugin for t in self.matrix.tasks},
+                                        self.world, self.cfg.run_dir / "lm_eval_tasks",
+                                        self.cfg.eval.batch_size)
+        return self._evaluator
+
+    def tokenizer(self, job_id: str | None) -> Any:
+        if self._tokenizer is None:
+            if job_id is None:
+                self._tokenizer = load_tokenizer(self.cfg.model)
+            else:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(self.entry(job_id))
+        return self._tokenizer
+
+    def corpus(self, tokenizer: Any) -> torch.Tensor:
+        """The packed pre-training corpus, tokenized only when a stage trains on it."""
+        if self._corpus is None:
+            self._corpus = pack_corpus(self.world.documents(), tokenizer,
+                                       self.cfg.pretrain.seq_len)
+        return self._corpus
+
+    def entry(self, job_id: str) -> Path:
+        kind, key = job_id.split(":", 1)
+        return self.store.path(kind, key)
+
+    def release(self, job_id: str) -> Release:
+        return Release(self.entry(job_id) / "release", self.cfg.model)
+
+    def capability_evaluator(self):
+        names = [t.label for t in self.matrix.capability_tasks]
+        return (lambda m, t: self.evaluator(m, t, names)) if names else None
+
+    # -- running a job -----------------------------------------------------------------------
+
+    def run(self, job: Job, threads: int | None = None) -> StageLog:
+        """Run ``job`` unless its entry is in the store; never raises (a failure is a log)."""
+        threads = threads or self.threads
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            return self._run(job)
+        except Exception as err:
+            tb = "".join(traceback.format_exception(err))
+            return StageLog(job.kind, job.label, job.key, cached=False, wall_s=0.0,
+                            status="failed", error=tb, worker=self.whoami)
+
+    def _run(self, job: Job) -> StageLog:
+        store = self.store
+        if store.has(job.kind, job.key):
+            return self._cached(job)
+        with store.claim(job.kind, job.key):
+            if store.has(job.kind, job.key):  # another worker computed it while we waited
+                return self._cached(job)
+            log.info("%-8s %-40s running (%s)", job.kind, job.label, job.key[:10])
+            start = time.perf_counter()
+            build = getattr(self, f"build_{job.kind}")
+            with store.write(job.kind, job.key, job.payload) as tmp:
+                build(job, tmp)
+            wall = time.perf_counter() - start
+        log.info("%-8s %-40s done in %.1fs", job.kind, job.label, wall)
+        return StageLog(job.kind, job.label, job.key, cached=False, wall_s=wall,
+                        computed_wall_s=wall, worker=self.whoami)
+
+    def _cached(self, job: Job) -> StageLog:
+        log.info("%-8s %-40s cached  (%s)", job.kind, job.label, job.key[:10])
+        return StageLog(job.kind, job.label, job.key, cached=True, wall_s=0.0,
+                        computed_wall_s=self.store.meta(job.kind, job.key)["wall_s"],
+                        worker=self.whoami)
+
+    # -- the stages --------------------------------------------------------------------------
+
+    def build_tokenizer(self, job: Job, tmp: Path) -> None:
+        train_tokenizer(self.world.documents(), self.cfg.model.tiny.vocab_size).save_pretrained(
+            tmp)
+
+    def build_pretrain(self, job: Job, tmp: Path) -> None:
+        spec, pre = self.cfg.model, self.cfg.pretrain
+        tokenizer = self.tokenizer(job.args["tokenizer"])
+        model = init_model(spec, tokenizer, pre.seed) if spec.is_tiny else load_pretrained(spec)
+        batches = corpus_batches(self.corpus(tokenizer), pre.batch_size, pre.seed)
+        result = train(model, batches, pre.steps, pre.optim, desc="pretrain",
+                       progress=self.progress)
+        if result.diverged:
+            raise FloatingPointError(f"pre-training diverged at step {result.diverged_at}")
+        save_release(model, tokenizer, tmp / "release")
+        write_json(tmp / "train_log.json", {"losses": result.losses, "tokens": result.tokens,
+                                            "flops": result.flops, "wall_s": result.wall_s})
+
+    def build_defend(self, job: Job, tmp: Path) -> None:
+        variant = self.variants[("defense", job.args["defense"])]
+        tokenizer = self.tokenizer(job.args["tokenizer"])
+        restricted = {t.label: self.task_data[t.label]["train"]
+                      for t in self.matrix.restricted_tasks}
+        ctx = DefenseContext(spec=self.cfg.model, tokenizer=tokenizer,
+                             corpus=self.corpus(tokenizer), pretrain=self.cfg.pretrain,
+                             base=self.release(job.args["base"]), restricted=restricted,
+                             release_dir=tmp / "release", private_dir=tmp / "private",
+                             progress=self.progress, evaluate=self.evaluator,
+                             evaluate_capability=self.capability_evaluator())
+        ctx.private_dir.mkdir()
+        variant.plugin.defend(ctx)
+        Release(ctx.release_dir, self.cfg.model)  # validates the allow-list
+
+    def build_scratch(self, job: Job, tmp: Path) -> None:
+        tokenizer = self.tokenizer(job.args["tokenizer"])
+        save_release(init_model(self.cfg.model, tokenizer, job.args["seed"]), tokenizer,
+                     tmp / "release")
+
+    def build_utility(self, job: Job, tmp: Path) -> None:
+        names = [t.label for t in self.matrix.capability_tasks]
+        model, tok = self.release(job.args["release"]).load()
+        write_json(tmp / "scores.json", self.evaluator(model, tok, names))
+
+    def build_attack(self, job: Job, tmp: Path) -> None:
+        """One cell: the adversary fine-tunes the release on the task. An owner cell runs the
+        adversary's recipe with the defense's authorization (its private artifacts)."""
+        a = job.args
+        adversary = self.variants[("adversary", a["adversary"])]
+        task = a["task"]
+        release_dir = self.entry(a["release"])
+        private = release_dir / "private"  # a defended release's; scratch has none
+        owner = None
+        if a["owner"]:
+            defense = self.variants[("defense", a["release_label"])]
+            owner = defense.plugin.authorize(private)
+            if owner is None:
+                raise RuntimeError(f"{defense.label} declares authorized tuning but its "
+                                   "authorize() returned None")
+        release = self.release(a["release"])
+        points = self.cfg.eval.budget_points
+        who = "owner " if owner else ""
+        ctx = AttackContext(
+            seed=a["seed"], evaluate=lambda m, t: self.evaluator(m, t, [task]),
+            evaluate_capability=self.capability_evaluator(),
+            budget_points=lambda steps: budget_points(points, steps),
+            progress=self.progress, authorization=owner,
+            desc=f"{who}{adversary.label}/{task}/s{a['seed']}")
+        torch.manual_seed(a["seed"])
+        result = adversary.plugin.attack(release, self.task_data[task]["train"], ctx)
+        diagnostics = dict(ctx.diagnostics)
+        if (private / MASK_FILE).exists():
+            # scored here, by the harness: the adversary never sees the private mask
+            mask = load_mask(private / MASK_FILE)
+            if ctx.mask_guess is not None:
+                diagnostics["mask_iou"] = mask_iou(ctx.mask_guess, mask)
+            if ctx.trained is not None and not result.diverged:
+                share = update_share(weight_update(ctx.trained, release.path), mask)
+                if share is not None:
+                    diagnostics["update_share_ticket"] = share
+                    diagnostics["ticket_fraction"] = mask_fraction(mask)
+        write_json(tmp / "curve.json", {
+            "diagnostics": diagnostics,
+            "diverged_at": result.diverged_at, "steps": result.steps,
+            "tokens": result.tokens, "flops": result.flops, "wall_s": result.wall_s,
+            "eval_s": result.eval_s,
+            "points": [asdict(p) for p in result.points]})
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
