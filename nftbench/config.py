@@ -66,6 +66,16 @@ class EvalConfig(BaseModel):
         return v
 
 
+class LimitsConfig(BaseModel):
+    """Resource limits of a run. They decide what is recorded as failed, never a result, so
+    they are not part of any cache key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cell_timeout_s: float | None = Field(
+        None, gt=0, description="an attack cell running longer is stopped and recorded as "
+        "failed, and the matrix goes on (None: no limit)")
+
+
 class PluginSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(description="registered plugin name")
@@ -96,6 +106,7 @@ class MatrixConfig(BaseModel):
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="attack seeds")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="resource limits")
 
     @field_validator("defenses", "adversaries", "tasks", mode="before")
     @classmethod

@@ -97,8 +97,12 @@ class Runner:
 
     def _executor(self) -> Executor:
         cores = os.cpu_count() or 1
-        spec = WorkerSpec(self.cfg.model_dump(mode="json"), self.plugin_dirs,
-                          progress=False, threads=self.cfg.threads)
+        # absolute paths: a Ray worker does not start in this process's working directory
+        config = self.cfg.model_dump(mode="json") | {
+            "output_dir": str(self.run_dir.resolve()),
+            "store_dir": str(self.store.root.resolve())}
+        plugin_dirs = tuple(str(Path(d).resolve()) for d in self.plugin_dirs)
+        spec = WorkerSpec(config, plugin_dirs, progress=False, threads=self.cfg.threads)
         if self.executor_name == "sequential":
             spec = WorkerSpec(spec.config, spec.plugin_dirs, self.progress,
                               self.cfg.threads or cores)
@@ -118,6 +122,9 @@ class Runner:
         start = time.perf_counter()
         m, cfg = self.matrix, self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.model.trust_remote_code:
+            log.warning("trust_remote_code is on: the Python code shipped with %s will run "
+                        "in this process (recorded in the manifest)", cfg.model.name_or_path)
         write_lm_eval_tasks({t.label: t.plugin for t in m.tasks}, self.world,
                             self.run_dir / "lm_eval_tasks")
         write_json_atomic(self.run_dir / PLAN_FILE, {
@@ -130,18 +137,24 @@ class Runner:
         cell_bar = tqdm(total=cells, desc="cells", unit="cell", disable=not self.progress,
                         position=1)
 
+        submitted: dict[str, float] = {}
+
         def on_start(job: Job) -> None:
+            submitted[job.id] = time.time()
             if self.executor_name != "sequential":  # the worker logs it in sequential runs
                 log.info("%-8s %-40s submitted", job.kind, job.label)
 
         def on_done(job: Job, result: StageLog) -> None:
+            if job.id in submitted and result.started is not None:
+                result.dispatch_s = round(time.time() - submitted[job.id]
+                                          - (result.finished - result.started), 4)
             (cell_bar if job.kind == "attack" else stage_bar).update()
             if result.status == "failed":
-                first = (result.error or "").strip().splitlines()[-1:] or [""]
-                log.error("%-8s %-40s FAILED: %s", job.kind, job.label, first[0])
+                log.error("%-8s %-40s FAILED: %s", job.kind, job.label, result.reason)
                 if not result.error.startswith(("not run:", "recorded failure")):
                     failures[job.id] = {"kind": job.kind, "label": job.label, "key": job.key,
-                                        "error": result.error, "worker": result.worker,
+                                        "reason": result.reason, "error": result.error,
+                                        "worker": result.worker,
                                         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                     write_json_atomic(self.run_dir / FAILURES_FILE, failures)
             else:
@@ -159,9 +172,11 @@ class Runner:
                 return None
             if self.store.has(job.kind, job.key, verify=False):  # done since, by another run
                 return None
+            record = failures[job.id]
             return StageLog(job.kind, job.label, job.key, cached=False, wall_s=0.0,
-                            status="failed", error="recorded failure (rerun with "
-                            "--retry-failed to retry it):\n" + failures[job.id]["error"])
+                            status="failed", reason=record.get("reason"),
+                            error="recorded failure (rerun with --retry-failed to retry it):\n"
+                            + record["error"])
 
         executor = self._executor()
         try:
@@ -202,7 +217,7 @@ class Runner:
                     rows += curve_rows(curve, ids, job.cell["task"])
                 else:
                     rows.append(row(**ids, step=None, metric="score", value=None,
-                                    status="failed"))
+                                    status="failed", reason=logs[job.id].reason))
         return pd.DataFrame(rows, columns=RESULT_COLUMNS).astype(
             {"seed": "Int64", "step": "Int64", "tokens": "Int64", "trial": "Int64"})
 
@@ -238,6 +253,7 @@ def run_status(run_dir: str | Path) -> pd.DataFrame:
     failures = read_failures(run_dir)
     rows: list[dict[str, Any]] = []
     state: dict[str, str] = {}
+    labels = {j["id"]: f"{j['kind']} {j['label']!r}" for j in plan["jobs"]}
     for job in plan["jobs"]:  # dependency order: inputs come first
         holder = None
         reason = None
@@ -246,11 +262,9 @@ def run_status(run_dir: str | Path) -> pd.DataFrame:
         elif (holder := store.running(job["kind"], job["key"])) is not None:
             st = "running"
         elif job["id"] in failures:
-            st = "failed"
-            reason = (failures[job["id"]]["error"] or "").strip().splitlines()[-1:]
-            reason = reason[0] if reason else ""
+            st, reason = "failed", failures[job["id"]].get("reason")
         elif bad := [d for d in job["deps"] if state.get(d) == "failed"]:
-            st, reason = "failed", f"input {bad[0].split(':')[0]} failed"
+            st, reason = "failed", f"input {labels[bad[0]]} failed"
         else:
             st = "pending"
         state[job["id"]] = st
@@ -274,7 +288,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 RESULT_COLUMNS = ["release", "adversary", "task", "role", "seed", "step", "tokens", "flops",
-                  "wall_s", "peak_mem_mb", "metric", "value", "status", "authorized", "trial"]
+                  "wall_s", "peak_mem_mb", "metric", "value", "status", "authorized", "trial",
+                  "reason"]
 
 
 def row(**kw: Any) -> dict[str, Any]:

@@ -21,10 +21,12 @@ release is ready run while other releases are still being built. Claims in the s
 from __future__ import annotations
 
 import concurrent.futures as cf
+import heapq
 import logging
 import multiprocessing
 import os
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -33,7 +35,9 @@ from nftbench.worker import StageLog, StageWorker, WorkerSpec
 
 log = logging.getLogger("nftbench")
 EXECUTORS = ("sequential", "pool", "ray")
-WORKER_DIED = ("the worker process running this stage died (killed, or out of memory): {err}")
+WORKER_DIED = ("the worker pool lost a process while this stage ran (killed, or out of "
+               "memory; a pool that loses one process fails every stage it was running): "
+               "{err}")
 
 
 class Executor(Protocol):
@@ -186,44 +190,63 @@ def schedule(jobs: Iterable[Job], executor: Executor,
              on_start: Callable[[Job], None] = lambda job: None,
              on_done: Callable[[Job, StageLog], None] = lambda job, log: None,
              skip: Callable[[Job], StageLog | None] = lambda job: None) -> dict[str, StageLog]:
-    """Run ``jobs`` (a DAG listed in dependency order) on ``executor``; return job id -> log.
+    """Run ``jobs`` (a DAG) on ``executor``; return job id -> log.
 
-    A job whose input failed is not run: it is failed with that reason. ``skip(job)`` may
-    return a log to use instead of running the job (a failure recorded by an earlier run).
+    Ready jobs start in the order they are listed (the plan lists shared stages first). A job
+    whose input failed is not run: it is failed with that reason, and so are the jobs that
+    need it. ``skip(job)`` may return a log to use instead of running the job (a failure that
+    an earlier run recorded).
     """
-    waiting = list(jobs)
-    by_id = {j.id: j for j in waiting}
+    order = list(jobs)
+    by_id = {j.id: j for j in order}
+    index = {j.id: i for i, j in enumerate(order)}
+    missing = {j.id: len(set(j.deps)) for j in order}
+    dependents: dict[str, list[Job]] = defaultdict(list)
+    for j in order:
+        for d in set(j.deps):
+            dependents[d].append(j)
+    ready = [(index[j.id], j.id) for j in order if missing[j.id] == 0]
+    heapq.heapify(ready)
     logs: dict[str, StageLog] = {}
     running: dict[cf.Future[StageLog], Job] = {}
 
     def finish(job: Job, result: StageLog) -> None:
         logs[job.id] = result
         on_done(job, result)
+        for child in dependents[job.id]:
+            missing[child.id] -= 1
+            if child.id in logs:
+                continue
+            if result.status == "failed":
+                # the root cause travels down: "input pretrain 'base' failed: <why>"
+                why = result.reason or ""
+                if not why.startswith("input "):
+                    why = f"input {job.kind} {job.label!r} failed: {why}"
+                finish(child, StageLog(child.kind, child.label, child.key, cached=False,
+                                       wall_s=0.0, status="failed", reason=why,
+                                       error=f"not run: {why}"))
+            elif missing[child.id] == 0:
+                heapq.heappush(ready, (index[child.id], child.id))
 
-    while waiting or running:
-        for job in list(waiting):
-            failed = [d for d in job.deps if d in logs and logs[d].status == "failed"]
-            skipped = skip(job) if not failed else None
-            if failed or skipped is not None:
-                waiting.remove(job)
-                finish(job, skipped or StageLog(
-                    job.kind, job.label, job.key, cached=False, wall_s=0.0, status="failed",
-                    error=f"not run: its input {by_id[failed[0]].kind} "
-                          f"{by_id[failed[0]].label!r} failed"))
-        exclusive = executor.exclusive_threads is not None
-        for job in [j for j in waiting if all(d in logs for d in j.deps)]:
-            if len(running) >= executor.slots:
-                break
-            if exclusive and (any(j.exclusive for j in running.values())
-                              or (job.exclusive and running)):
+    exclusive = executor.exclusive_threads is not None
+    while ready or running:
+        while ready and len(running) < executor.slots:
+            job = by_id[ready[0][1]]
+            if job.id in logs:  # failed through another input meanwhile
+                heapq.heappop(ready)
+                continue
+            if (skipped := skip(job)) is not None:
+                heapq.heappop(ready)
+                finish(job, skipped)
+                continue
+            if exclusive and running and (job.exclusive or any(
+                    j.exclusive for j in running.values())):
                 break  # an exclusive job runs alone, with every core
-            waiting.remove(job)
+            heapq.heappop(ready)
             on_start(job)
             threads = executor.exclusive_threads if exclusive and job.exclusive else None
             running[executor.submit(job, threads)] = job
         if not running:
-            if waiting:  # cannot happen for a DAG in dependency order; fail loudly if it does
-                raise RuntimeError(f"schedule: {len(waiting)} jobs wait on inputs never run")
             break
         done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
         for future in done:
@@ -232,6 +255,11 @@ def schedule(jobs: Iterable[Job], executor: Executor,
                 result = future.result()
             except Exception as err:  # the worker itself died; StageWorker.run never raises
                 result = StageLog(job.kind, job.label, job.key, cached=False, wall_s=0.0,
-                                  status="failed", error=WORKER_DIED.format(err=err))
+                                  status="failed", error=WORKER_DIED.format(err=err),
+                                  reason="worker process died (killed, or out of memory)")
             finish(job, result)
+    never = [j.label for j in order if j.id not in logs]
+    if never:  # an input that is not in the plan, or a cycle: a bug in the plan
+        raise RuntimeError(f"schedule: {len(never)} jobs wait on inputs that never ran: "
+                           f"{never[:3]}")
     return logs

@@ -28,6 +28,8 @@ RELEASE_FILES = frozenset({
     "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
 })
+# Checkpoint formats that unpickle on load (arbitrary code execution); never read.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
                   "unk_token": "<unk>"}
 
@@ -128,8 +130,53 @@ def init_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int) -
     return model.to(device=spec.torch_device(), dtype=spec.torch_dtype())
 
 
+class UntrustedCheckpoint(ValueError):
+    """Weights that nftbench will not read: a pickle, or a file that is not valid safetensors."""
+
+
+class NonFiniteWeights(ValueError):
+    """A model whose weights hold NaN or inf."""
+
+
+def check_safetensors_only(folder: Path) -> None:
+    """Refuse a local model folder whose weights are not all safetensors (a pickle checkpoint is
+    code that runs on load), and safetensors files that do not parse as such."""
+    from safetensors import safe_open
+
+    if not folder.is_dir():
+        return  # a hub id: from_pretrained is told to fetch safetensors only
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        found = f"; it holds {pickles}" if pickles else ""
+        raise UntrustedCheckpoint(f"{folder}: no safetensors weights{found}. nftbench reads "
+                                  "weights only as safetensors, never as pickles (convert "
+                                  "them with safetensors.torch.save_file)")
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # SafetensorError, or an OS error on a bad header
+            raise UntrustedCheckpoint(f"{file} is not a valid safetensors file ({err}); "
+                                      "nftbench never unpickles weights") from None
+
+
+def check_finite(model: torch.nn.Module, what: str = "model") -> None:
+    """Raise :class:`NonFiniteWeights` naming the tensors that hold NaN or inf."""
+    bad = []
+    for name, t in model.state_dict().items():
+        if t.is_floating_point():
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            if nan or inf:
+                bad.append(f"{name}: {nan} NaN, {inf} inf")
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteWeights(f"{what} has non-finite weights in {len(bad)} tensors ({shown})")
+
+
 def load_pretrained(spec: ModelSpec) -> PreTrainedModel:
     """A hub or local model with its published weights (safetensors only)."""
+    check_safetensors_only(Path(spec.name_or_path))
     model = AutoModelForCausalLM.from_pretrained(
         spec.name_or_path, dtype=spec.torch_dtype(), use_safetensors=True,
         trust_remote_code=spec.trust_remote_code)
@@ -138,7 +185,9 @@ def load_pretrained(spec: ModelSpec) -> PreTrainedModel:
 
 def save_release(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast,
                  path: str | Path) -> Path:
-    """Write a release: dense safetensors weights, config and tokenizer, nothing else."""
+    """Write a release: dense safetensors weights, config and tokenizer, nothing else. Weights
+    with NaN or inf are refused (:class:`NonFiniteWeights`): a release must be usable."""
+    check_finite(model, f"the release at {path}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
@@ -154,6 +203,7 @@ def load_release(path: str | Path, spec: ModelSpec) -> tuple[PreTrainedModel,
                                                              PreTrainedTokenizerFast]:
     """Reload a release directory (safetensors only; remote code only if the spec allows it)."""
     path = Path(path)
+    check_safetensors_only(path)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=spec.torch_dtype(), use_safetensors=True,
         trust_remote_code=spec.trust_remote_code)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -164,19 +165,35 @@ class TemplateTask(Task):
         return [dict(row) for row in ds]
 
     def examples(self, split: Split, world: World | None) -> list[dict[str, Any]]:
+        """The split's examples: records that lack a field the templates need (None or empty)
+        or, for classification, carry a label outside their choices are dropped; an error
+        says so if none is left."""
         cfg = self.config
         rows = self.records(split, world)
-        cap = cfg.n_train if split == "train" else cfg.n_eval
-        rows = rows[:cap] if cap else rows
         if not rows:
             raise ValueError(f"task {self.name!r}: the {split} split is empty")
-        needed = template_fields(cfg.prompt) | template_fields(cfg.answer)
+        needed = template_fields(cfg.prompt)
         if cfg.kind == "classification":
             needed |= {cfg.choices, cfg.label}
+        else:
+            needed |= template_fields(cfg.answer)
         missing = needed - set(rows[0])
         if missing:
             raise ValueError(f"task {self.name!r}: template names missing column(s) "
                              f"{sorted(missing)}; available: {sorted(rows[0])}")
+        usable, dropped = [], Counter()
+        for row in rows:
+            problem = _unusable_row(self, row, needed)
+            if problem:
+                dropped[problem] += 1
+            else:
+                usable.append(row)
+        if not usable:
+            why = ", ".join(f"{n} {p}" for p, n in dropped.most_common())
+            raise ValueError(f"task {self.name!r}: the {split} split is empty after filtering: "
+                             f"all {len(rows)} records were dropped ({why})")
+        cap = cfg.n_train if split == "train" else cfg.n_eval
+        rows = usable[:cap] if cap else usable
         out = []
         for row in rows:
             ex: dict[str, Any] = {"prompt": cfg.prompt.format(**row)}
@@ -188,6 +205,20 @@ class TemplateTask(Task):
                 ex["answer"] = cfg.answer.format(**row)
             out.append(ex)
         return out
+
+
+def _unusable_row(task: TemplateTask, row: dict[str, Any], needed: set[str]) -> str | None:
+    for name in sorted(needed):
+        if row.get(name) is None or row.get(name) == "":
+            return f"without {name!r}"
+    if task.config.kind == "classification":
+        try:
+            label = int(row[task.config.label])
+        except (TypeError, ValueError):
+            return "with a label that is not an integer"
+        if not 0 <= label < len(row[task.config.choices]):
+            return "with a label outside their choices"
+    return None
 
 
 def training_text(example: dict[str, Any]) -> tuple[str, str]:

@@ -8,12 +8,20 @@ builds it into a temporary folder and lets the store make it visible atomically.
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import logging
 import os
+import shutil
+import signal
 import socket
+import tempfile
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +62,11 @@ class StageLog:
     computed_wall_s: float | None = None  # when the stored entry was computed
     status: str = "ok"  # ok | failed
     error: str | None = None  # the traceback of a failure
+    reason: str | None = None  # a failure in one line: out of memory, time limit, disk full...
     worker: str | None = None  # host:pid that ran it
+    started: float | None = None  # epoch seconds, on the worker
+    finished: float | None = None
+    dispatch_s: float | None = None  # driver's submit-to-result time minus the worker's time
 
 
 @dataclass(frozen=True)
@@ -142,23 +154,29 @@ class StageWorker:
     def release(self, job_id: str) -> Release:
         return Release(self.entry(job_id) / "release", self.cfg.model)
 
-    def capability_evaluator(self):
-        names = [t.label for t in self.matrix.capability_tasks]
-        return (lambda m, t: self.evaluator(m, t, names)) if names else None
+    def capability_evaluator(self) -> Scorer | None:
+        names = tuple(t.label for t in self.matrix.capability_tasks)
+        return Scorer(self.evaluator, names) if names else None
 
     # -- running a job -----------------------------------------------------------------------
 
     def run(self, job: Job, threads: int | None = None) -> StageLog:
         """Run ``job`` unless its entry is in the store; never raises (a failure is a log)."""
+        started = time.time()
         threads = threads or self.threads
         if threads:
             torch.set_num_threads(threads)
+        limit = self.cfg.limits.cell_timeout_s if job.kind == "attack" else None
         try:
-            return self._run(job)
+            with time_limit(limit):
+                result = self._run(job)
         except Exception as err:
             tb = "".join(traceback.format_exception(err))
-            return StageLog(job.kind, job.label, job.key, cached=False, wall_s=0.0,
-                            status="failed", error=tb, worker=self.whoami)
+            result = StageLog(job.kind, job.label, job.key, cached=False, wall_s=0.0,
+                              status="failed", error=tb, reason=failure_reason(err),
+                              worker=self.whoami)
+        result.started, result.finished = started, time.time()
+        return result
 
     def _run(self, job: Job) -> StageLog:
         store = self.store
@@ -242,34 +260,108 @@ class StageWorker:
             if owner is None:
                 raise RuntimeError(f"{defense.label} declares authorized tuning but its "
                                    "authorize() returned None")
-        release = self.release(a["release"])
         points = self.cfg.eval.budget_points
         who = "owner " if owner else ""
-        ctx = AttackContext(
-            seed=a["seed"], evaluate=lambda m, t: self.evaluator(m, t, [task]),
-            evaluate_capability=self.capability_evaluator(),
-            budget_points=lambda steps: budget_points(points, steps),
-            progress=self.progress, authorization=owner,
-            desc=f"{who}{adversary.label}/{task}/s{a['seed']}")
-        torch.manual_seed(a["seed"])
-        result = adversary.plugin.attack(release, self.task_data[task]["train"], ctx)
-        diagnostics = dict(ctx.diagnostics)
-        if (private / MASK_FILE).exists():
-            # scored here, by the harness: the adversary never sees the private mask
-            mask = load_mask(private / MASK_FILE)
-            if ctx.mask_guess is not None:
-                diagnostics["mask_iou"] = mask_iou(ctx.mask_guess, mask)
-            if ctx.trained is not None and not result.diverged:
-                share = update_share(weight_update(ctx.trained, release.path), mask)
-                if share is not None:
-                    diagnostics["update_share_ticket"] = share
-                    diagnostics["ticket_fraction"] = mask_fraction(mask)
+        # The adversary gets a view of the public release outside the store (walking up from
+        # it reaches no private artifact), scorers that hold nothing but the lm-eval tasks, and
+        # no path; the harness scores the private mask below, after the attack.
+        with public_view(self.entry(a["release"]) / "release") as view:
+            release = Release(view, self.cfg.model)
+            ctx = AttackContext(
+                seed=a["seed"], evaluate=Scorer(self.evaluator, (task,)),
+                evaluate_capability=self.capability_evaluator(),
+                budget_points=functools.partial(budget_points, points),
+                progress=self.progress, authorization=owner,
+                desc=f"{who}{adversary.label}/{task}/s{a['seed']}")
+            torch.manual_seed(a["seed"])
+            result = adversary.plugin.attack(release, self.task_data[task]["train"], ctx)
+            diagnostics = dict(ctx.diagnostics)
+            if (private / MASK_FILE).exists():
+                mask = load_mask(private / MASK_FILE)
+                if ctx.mask_guess is not None:
+                    diagnostics["mask_iou"] = mask_iou(ctx.mask_guess, mask)
+                if ctx.trained is not None and not result.diverged:
+                    share = update_share(weight_update(ctx.trained, release.path), mask)
+                    if share is not None:
+                        diagnostics["update_share_ticket"] = share
+                        diagnostics["ticket_fraction"] = mask_fraction(mask)
         write_json(tmp / "curve.json", {
             "diagnostics": diagnostics,
             "diverged_at": result.diverged_at, "steps": result.steps,
             "tokens": result.tokens, "flops": result.flops, "wall_s": result.wall_s,
             "eval_s": result.eval_s,
             "points": [asdict(p) for p in result.points]})
+
+
+class StageTimeout(Exception):
+    """A stage ran past its time limit."""
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`StageTimeout` in this thread after ``seconds`` (SIGALRM: the main thread
+    of a process, which is where every executor runs stages). The partial stage is discarded
+    by the store like any failed write."""
+    if not seconds:
+        yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("time limits need the main thread; running without one")
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise StageTimeout(f"time limit of {seconds:g} s exceeded")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line that says why a stage failed, for the log, ``status`` and the results."""
+    if isinstance(err, torch.OutOfMemoryError | MemoryError):
+        return f"out of memory ({type(err).__name__})"
+    if isinstance(err, StageTimeout):
+        return str(err)
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"disk full while writing ({err.filename or 'the store'})"
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """Scores a model on fixed tasks through lm-eval: what an adversary's context holds of the
+    harness (no store, no run folder, no private path)."""
+
+    evaluator: Evaluator
+    names: tuple[str, ...]
+
+    def __call__(self, model: Any, tokenizer: Any) -> dict[str, float]:
+        return self.evaluator(model, tokenizer, list(self.names))
+
+
+@contextmanager
+def public_view(release_dir: Path) -> Iterator[Path]:
+    """A copy of a release folder in a fresh temporary folder outside the store (hard links
+    where the filesystem allows, so it costs nothing), removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="nftbench-release-"))
+    view = root / "release"
+    try:
+        view.mkdir()
+        for file in release_dir.iterdir():
+            try:
+                os.link(file, view / file.name)
+            except OSError:  # another filesystem
+                shutil.copy2(file, view / file.name)
+        yield view
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
