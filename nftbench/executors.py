@@ -71,12 +71,17 @@ class SequentialExecutor:
 _POOL_WORKER: StageWorker | None = None
 
 
-def _init_pool_worker(spec: WorkerSpec, gpus: Any) -> None:
+def _init_pool_worker(spec: WorkerSpec, gpus: Any, ready: Any) -> None:
     global _POOL_WORKER
     if gpus is not None:  # one GPU per worker, before anything initializes CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
     logging.basicConfig(level=logging.WARNING, format=f"[worker {os.getpid()}] %(message)s")
     _POOL_WORKER = StageWorker(spec)
+    ready.wait()  # until every worker is up (see PoolExecutor._start)
+
+
+def _noop() -> int:
+    return os.getpid()
 
 
 def _run_in_pool(job: Job, threads: int | None) -> StageLog:
@@ -92,20 +97,28 @@ class PoolExecutor:
 
         self.spec, self.slots, self.exclusive_threads = spec, workers, exclusive_threads
         self._ctx = multiprocessing.get_context("spawn")  # fork after torch init is unsafe
-        n_gpus = torch.cuda.device_count()
-        self._gpus = None
-        if n_gpus:
-            if workers > n_gpus:
-                log.warning("%d workers share %d GPUs", workers, n_gpus)
-            self._gpus = self._ctx.Queue()
-            for i in range(workers):
-                self._gpus.put(i % n_gpus)
+        self._n_gpus = torch.cuda.device_count()
+        if self._n_gpus and workers > self._n_gpus:
+            log.warning("%d workers share %d GPUs", workers, self._n_gpus)
         self._pool = self._start()
 
     def _start(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(self.slots, mp_context=self._ctx,
+        """Start every worker before the first job: a process pool spawns workers only when a
+        job finds none idle, and a worker takes seconds to import torch and build its matrix,
+        so short jobs would all run on the first one. Each worker's initializer waits at a
+        barrier, so ``slots`` no-op jobs make the pool spawn all of them."""
+        ready = self._ctx.Barrier(self.slots)
+        gpus = None
+        if self._n_gpus:  # each worker takes one GPU id
+            gpus = self._ctx.Queue()
+            for i in range(self.slots):
+                gpus.put(i % self._n_gpus)
+        pool = cf.ProcessPoolExecutor(self.slots, mp_context=self._ctx,
                                       initializer=_init_pool_worker,
-                                      initargs=(self.spec, self._gpus))
+                                      initargs=(self.spec, gpus, ready))
+        pids = {f.result() for f in [pool.submit(_noop) for _ in range(self.slots)]}
+        log.info("pool: %d workers ready (pids %s)", len(pids), sorted(pids))
+        return pool
 
     def submit(self, job: Job, threads: int | None = None) -> cf.Future[StageLog]:
         try:
