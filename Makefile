@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= configs/default.yaml
+ARGS   ?=
 STAMP   = $(VENV)/.installed
 
 export HF_HUB_OFFLINE ?= 1
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/nftbench run $(CONFIG)
+	$(BIN)/nftbench run $(CONFIG) $(ARGS)
 
 smoke: $(STAMP)
 	$(BIN)/nftbench run configs/smoke.yaml

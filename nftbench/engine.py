@@ -130,18 +130,18 @@ class Runner:
         write_json_atomic(self.run_dir / PLAN_FILE, {
             "name": cfg.name, "store": str(self.store.root.resolve()),
             "executor": self.executor_name, "jobs": [j.to_json() for j in self.plan]})
-        failures = read_failures(self.run_dir)
+        failures = FailureBook(self.run_dir)
         cells = sum(j.kind == "attack" for j in self.plan)
         stage_bar = tqdm(total=len(self.plan) - cells, desc="shared stages", unit="stage",
                          disable=not self.progress, position=0)
         cell_bar = tqdm(total=cells, desc="cells", unit="cell", disable=not self.progress,
                         position=1)
-
         submitted: dict[str, float] = {}
+        quiet_driver = self.executor_name == "sequential"  # its worker logs every stage
 
         def on_start(job: Job) -> None:
             submitted[job.id] = time.time()
-            if self.executor_name != "sequential":  # the worker logs it in sequential runs
+            if not quiet_driver:
                 log.info("%-8s %-40s submitted", job.kind, job.label)
 
         def on_done(job: Job, result: StageLog) -> None:
@@ -149,34 +149,18 @@ class Runner:
                 result.dispatch_s = round(time.time() - submitted[job.id]
                                           - (result.finished - result.started), 4)
             (cell_bar if job.kind == "attack" else stage_bar).update()
+            failures.update(job, result)
             if result.status == "failed":
                 log.error("%-8s %-40s FAILED: %s", job.kind, job.label, result.reason)
-                if not result.error.startswith(("not run:", "recorded failure")):
-                    failures[job.id] = {"kind": job.kind, "label": job.label, "key": job.key,
-                                        "reason": result.reason, "error": result.error,
-                                        "worker": result.worker,
-                                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-                    write_json_atomic(self.run_dir / FAILURES_FILE, failures)
-            else:
-                if job.id in failures:
-                    del failures[job.id]
-                    write_json_atomic(self.run_dir / FAILURES_FILE, failures)
-                if self.executor_name != "sequential":
-                    log.info("%-8s %-40s %s", job.kind, job.label,
-                             "cached" if result.cached else f"done in {result.wall_s:.1f}s "
-                             f"on {result.worker}")
+            elif not quiet_driver:
+                log.info("%-8s %-40s %s", job.kind, job.label, "cached" if result.cached
+                         else f"done in {result.wall_s:.1f}s on {result.worker}")
 
         def recorded(job: Job) -> StageLog | None:
             """A failure an earlier run recorded stays failed, unless asked to retry it."""
-            if self.retry_failed or job.id not in failures:
-                return None
-            if self.store.has(job.kind, job.key, verify=False):  # done since, by another run
-                return None
-            record = failures[job.id]
-            return StageLog(job.kind, job.label, job.key, cached=False, wall_s=0.0,
-                            status="failed", reason=record.get("reason"),
-                            error="recorded failure (rerun with --retry-failed to retry it):\n"
-                            + record["error"])
+            if self.retry_failed or self.store.has(job.kind, job.key, verify=False):
+                return None  # (an entry: another run computed it since)
+            return failures.recorded(job)
 
         executor = self._executor()
         try:
@@ -274,6 +258,36 @@ def run_status(run_dir: str | Path) -> pd.DataFrame:
                      "worker": f"{holder.get('host')}:{holder.get('pid')}" if holder else None,
                      "running_s": round(time.time() - since, 1) if since else None})
     return pd.DataFrame(rows)
+
+
+class FailureBook:
+    """``RUN_DIR/failures.json``: the stages that failed in this run folder, with reason and
+    traceback, kept across runs until a rerun succeeds. Rewritten atomically on each change."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / FAILURES_FILE
+        self.entries: dict[str, dict[str, Any]] = read_failures(run_dir)
+
+    def update(self, job: Job, result: StageLog) -> None:
+        if result.status == "failed":
+            if result.error.startswith(("not run:", "recorded failure")):
+                return  # an input's failure, or an old record: nothing new
+            self.entries[job.id] = {"kind": job.kind, "label": job.label, "key": job.key,
+                                    "reason": result.reason, "error": result.error,
+                                    "worker": result.worker,
+                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        elif self.entries.pop(job.id, None) is None:
+            return
+        write_json_atomic(self.path, self.entries)
+
+    def recorded(self, job: Job) -> StageLog | None:
+        record = self.entries.get(job.id)
+        if record is None:
+            return None
+        return StageLog(job.kind, job.label, job.key, cached=False, wall_s=0.0,
+                        status="failed", reason=record.get("reason"),
+                        error="recorded failure (rerun with --retry-failed to retry it):\n"
+                        + record["error"])
 
 
 def read_failures(run_dir: Path) -> dict[str, dict[str, Any]]:
