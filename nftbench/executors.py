@@ -11,11 +11,13 @@ release is ready run while other releases are still being built. Claims in the s
 * ``pool``: ``--workers N`` spawned processes, each with ``cores // N`` torch threads so that
   workers do not fight over cores (on a 2-core machine two workers each running two threads are
   several times slower than one), and one GPU each where there are GPUs. Pre-training, which
-  nothing else can run beside, runs alone with every core.
+  nothing else can run beside, runs alone with every core. A stage whose worker dies (the OOM
+  killer) takes the pool down with every stage it was running; each of those is run again,
+  alone, on a fresh pool, and fails only if it kills its worker again.
 * ``ray``: one actor per GPU of the cluster (or ``--workers`` actors), each with its share of the
-  CPUs. ``--address`` joins an existing cluster; without it a local Ray instance is started.
-  Every node must have nftbench installed and see the store at the same path (a shared
-  filesystem).
+  CPUs; a dead actor is replaced and its stage retried alone the same way. ``--address`` joins
+  an existing cluster; without it a local Ray instance is started. Every node must have
+  nftbench installed and see the store at the same path (a shared filesystem).
 """
 
 from __future__ import annotations
@@ -35,8 +37,7 @@ from nftbench.worker import StageLog, StageWorker, WorkerSpec
 
 log = logging.getLogger("nftbench")
 EXECUTORS = ("sequential", "pool", "ray")
-WORKER_DIED = ("the worker pool lost a process while this stage ran (killed, or out of "
-               "memory; a pool that loses one process fails every stage it was running): "
+WORKER_DIED = ("the worker process running this stage died twice (killed, or out of memory): "
                "{err}")
 
 
@@ -222,6 +223,7 @@ def schedule(jobs: Iterable[Job], executor: Executor,
     heapq.heapify(ready)
     logs: dict[str, StageLog] = {}
     running: dict[cf.Future[StageLog], Job] = {}
+    deaths: dict[str, int] = defaultdict(int)  # worker deaths per job
 
     def finish(job: Job, result: StageLog) -> None:
         logs[job.id] = result
@@ -242,6 +244,10 @@ def schedule(jobs: Iterable[Job], executor: Executor,
                 heapq.heappush(ready, (index[child.id], child.id))
 
     exclusive = executor.exclusive_threads is not None
+
+    def alone(job: Job) -> bool:
+        return (exclusive and job.exclusive) or deaths[job.id] > 0
+
     while ready or running:
         while ready and len(running) < executor.slots:
             job = by_id[ready[0][1]]
@@ -252,9 +258,8 @@ def schedule(jobs: Iterable[Job], executor: Executor,
                 heapq.heappop(ready)
                 finish(job, skipped)
                 continue
-            if exclusive and running and (job.exclusive or any(
-                    j.exclusive for j in running.values())):
-                break  # an exclusive job runs alone, with every core
+            if running and (alone(job) or any(alone(j) for j in running.values())):
+                break  # an exclusive job runs alone (with every core), as does a suspect one
             heapq.heappop(ready)
             on_start(job)
             threads = executor.exclusive_threads if exclusive and job.exclusive else None
@@ -267,6 +272,15 @@ def schedule(jobs: Iterable[Job], executor: Executor,
             try:
                 result = future.result()
             except Exception as err:  # the worker itself died; StageWorker.run never raises
+                # A pool that loses one process fails every job it was running, so each gets a
+                # second try, alone on a fresh worker: one that kills its worker again has
+                # failed, and the others are not taken down with it.
+                if deaths[job.id] < 1:
+                    deaths[job.id] += 1
+                    log.warning("%s %s: its worker died (%s); running it again", job.kind,
+                                job.label, err)
+                    heapq.heappush(ready, (index[job.id], job.id))
+                    continue
                 result = StageLog(job.kind, job.label, job.key, cached=False, wall_s=0.0,
                                   status="failed", error=WORKER_DIED.format(err=err),
                                   reason="worker process died (killed, or out of memory)")

@@ -44,6 +44,8 @@ CASES = [
      "        spec.name_or_path, dtype=spec.torch_dtype(), use_safetensors=True,\n        trust_remote_code=spec.trust_remote_code)",
      "        spec.name_or_path, dtype=spec.torch_dtype(), use_safetensors=True,\n        trust_remote_code=True)",
      "tests/test_guarantees.py -k remote_code"),
+    ("worker-death retry", "nftbench/executors.py", "                if deaths[job.id] < 1:",
+     "                if False:", "tests/test_guarantees.py -k killed"),
     ("resume/claims", "nftbench/store.py", "        path = self.claim_path(kind, key)\n        path.parent.mkdir(parents=True, exist_ok=True)\n        while True:",
      "        yield True\n        return\n        path = self.claim_path(kind, key)\n        path.parent.mkdir(parents=True, exist_ok=True)\n        while True:",
      "tests/test_engine.py -k concurrent or one_store"),

@@ -310,6 +310,39 @@ def test_a_resource_fault_fails_its_cell_with_the_reason_and_the_matrix_goes_on(
     assert len(list((store / ".claims").iterdir())) == 0
 
 
+KILLED_WORKER = '''
+import os
+import signal
+
+from adversaries.finetune import FullFineTune
+from nftbench.registry import register_adversary
+
+
+@register_adversary("test_killed_worker", version="1")
+class KilledWorker(FullFineTune):
+    """Test-only: its process is killed mid-cell, as the kernel's OOM killer would."""
+
+    def attack(self, release, examples, ctx):
+        os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_a_worker_killed_mid_cell_fails_only_its_cells(tiny_raw: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "killed_worker.py").write_text(KILLED_WORKER)
+    tiny_raw["adversaries"].append({"name": "test_killed_worker",
+                                    "params": {"steps": 2, "batch_size": 4}})
+    code, results = run(tiny_raw, tmp_path, "--workers", "2", "--plugins", str(plugins))
+    assert code == 3
+    failed = failed_cells(results)
+    assert set(failed.adversary) == {"test_killed_worker"} and len(failed) == 2
+    assert set(failed.reason) == {"worker process died (killed, or out of memory)"}
+    ok = results[(results.adversary == "full_ft") & (results.metric == "score")]
+    assert set(ok.status) == {"ok"} and len(ok) == 4  # cells beside it were run again
+
+
 def test_disk_full_while_writing_an_entry_leaves_no_partial_entry(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import nftbench.store as store_module
