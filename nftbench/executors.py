@@ -160,7 +160,12 @@ class RayExecutor:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
             if address is None:
                 kwargs["num_cpus"] = os.cpu_count()
-            ray.init(address=address, **kwargs)
+            try:
+                ray.init(address=address, **kwargs)
+            except Exception as err:  # ConnectionError, an auth failure, a bad address...
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                raise RuntimeError(f"cannot start {where}: {type(err).__name__}: {err}") \
+                    from None
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         self.slots = workers or gpus or max(1, cpus // (threads or 1))
