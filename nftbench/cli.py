@@ -38,6 +38,13 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from nftbench.config import ConfigError, load_config
 
+    if args.workers is not None and args.workers < 1:
+        print(f"nftbench: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.executor == "sequential" and (args.workers or 1) > 1:
+        print("nftbench: --workers needs --executor pool or ray", file=sys.stderr)
+        return EXIT_CONFIG
+
     try:
         load_plugins(args.plugins)
         matrix = load_config(args.config, args.override)
@@ -49,6 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     from nftbench.engine import STATUS_FAILED, Runner
+    from nftbench.executors import ExecutorError
 
     run_dir = matrix.config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -58,12 +66,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("run %s: %d defenses x %d adversaries x %d restricted tasks x %d seeds -> %s",
              m.config.name, len(m.defenses), len(m.adversaries), len(m.restricted_tasks),
              len(m.config.seeds), run_dir)
-    if args.workers is not None and args.workers < 1:
-        print(f"nftbench: --workers must be at least 1, got {args.workers}", file=sys.stderr)
-        return EXIT_CONFIG
-    if args.executor == "sequential" and (args.workers or 1) > 1:
-        print("nftbench: --workers needs --executor pool or ray", file=sys.stderr)
-        return EXIT_CONFIG
     try:
         runner = Runner(matrix, progress=not args.quiet, executor=args.executor,
                         workers=args.workers, address=args.address,
@@ -73,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             with logging_redirect_tqdm([log]):  # log lines above the progress bars
                 outcome = runner.run()
-    except RuntimeError as err:  # an executor that cannot start (no Ray, no cluster)
+    except ExecutorError as err:  # no Ray, no cluster: nothing ran
         log.error("%s", err)
         return EXIT_CONFIG
     computed = sum(not s.cached for s in outcome.stages if s.status == "ok")

@@ -37,6 +37,10 @@ from nftbench.worker import StageLog, StageWorker, WorkerSpec
 
 log = logging.getLogger("nftbench")
 EXECUTORS = ("sequential", "pool", "ray")
+class ExecutorError(RuntimeError):
+    """An executor that cannot start (Ray not installed, a cluster that cannot be joined)."""
+
+
 WORKER_DIED = ("the worker process running this stage died twice (killed, or out of memory): "
                "{err}")
 
@@ -153,7 +157,7 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise RuntimeError("--executor ray needs Ray: pip install 'nftbench[ray]'") from None
+            raise ExecutorError("--executor ray needs Ray: pip install 'nftbench[ray]'") from None
         self.ray = ray
         self._started = not ray.is_initialized()
         if self._started:
@@ -164,7 +168,7 @@ class RayExecutor:
                 ray.init(address=address, **kwargs)
             except Exception as err:  # ConnectionError, an auth failure, a bad address...
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-                raise RuntimeError(f"cannot start {where}: {type(err).__name__}: {err}") \
+                raise ExecutorError(f"cannot start {where}: {type(err).__name__}: {err}") \
                     from None
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))

@@ -327,3 +327,12 @@ def test_ray_executor_runs_a_small_matrix_on_a_local_instance(tiny_raw: dict[str
     pids = {int(s["worker"].split(":")[1]) for s in m["stages"]}
     assert proc.pid not in pids and len(pids) >= 1  # every stage ran in an actor
     pd.testing.assert_frame_equal(results(raw), results(on_ray))
+
+
+@pytest.mark.parametrize("args", [["--workers", "0"], ["--executor", "sequential",
+                                                        "--workers", "2"]])
+def test_bad_executor_arguments_are_refused_before_anything_is_written(
+        tiny_raw: dict[str, Any], tmp_path: Path, args: list[str]) -> None:
+    config = write_config(tiny_raw, tmp_path / "m.yaml")
+    assert main(["run", str(config), "--quiet", *args]) == 2
+    assert not Path(tiny_raw["output_dir"]).exists()
