@@ -24,18 +24,18 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-TINY = {
-    "name": "ray_overhead",
-    "world": {"n_entities": 24, "n_documents": 400},
-    "model": {"tiny": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "intermediate_size": 64, "vocab_size": 300}},
-    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32},
-    "defenses": ["none"],
-    "adversaries": [{"name": "full_ft", "params": {"steps": 4, "batch_size": 4}},
-                    {"name": "lora", "params": {"steps": 4, "batch_size": 4}}],
-    "tasks": ["recall_city", "qa_city"],
-    "eval": {"budget_points": 2, "batch_size": 16},
-}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def matrix(seeds: int) -> dict:
+    """configs/tiny.yaml with a LoRA attack beside full fine-tuning, ``seeds`` seeds, and the
+    executor's default threads per worker."""
+    raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    raw.pop("threads")
+    raw["name"] = "ray_overhead"
+    raw["adversaries"].append({"name": "lora", "params": {"steps": 4, "batch_size": 4}})
+    raw["seeds"] = list(range(seeds))
+    return raw
 
 
 def run(config: Path, out: Path, executor: str, workers: int) -> dict:
@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nftbench-ray-") as tmp:
         config = Path(tmp) / "matrix.yaml"
-        config.write_text(yaml.safe_dump(TINY | {"seeds": list(range(args.seeds))}))
+        config.write_text(yaml.safe_dump(matrix(args.seeds)))
         rows = [run(config, Path(tmp) / ex, ex, args.workers) for ex in ("pool", "ray")]
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.2f}"))

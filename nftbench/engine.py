@@ -20,11 +20,12 @@ that reason. A later run does not repeat a recorded failure unless asked to
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,8 @@ from nftbench.executors import (
 )
 from nftbench.manifest import write_manifest
 from nftbench.plan import SCRATCH, Job, build_plan
-from nftbench.store import Store
-from nftbench.worker import StageLog, StageWorker, WorkerSpec, read_json, write_json
+from nftbench.store import Store, write_text_atomic
+from nftbench.worker import StageLog, StageWorker, WorkerSpec, read_json
 from nftbench.world import World
 
 log = logging.getLogger("nftbench")
@@ -104,14 +105,13 @@ class Runner:
         plugin_dirs = tuple(str(Path(d).resolve()) for d in self.plugin_dirs)
         spec = WorkerSpec(config, plugin_dirs, progress=False, threads=self.cfg.threads)
         if self.executor_name == "sequential":
-            spec = WorkerSpec(spec.config, spec.plugin_dirs, self.progress,
-                              self.cfg.threads or cores)
+            spec = replace(spec, progress=self.progress, threads=self.cfg.threads or cores)
             return SequentialExecutor(StageWorker(spec, self.matrix))
         if self.executor_name == "pool":
             workers = self.workers or cores
             per_worker = self.cfg.threads or max(1, cores // workers)
-            spec = WorkerSpec(spec.config, spec.plugin_dirs, False, per_worker)
-            return PoolExecutor(spec, workers, exclusive_threads=per_worker * workers)
+            return PoolExecutor(replace(spec, threads=per_worker), workers,
+                                exclusive_threads=per_worker * workers)
         if self.executor_name == "ray":
             return RayExecutor(spec, self.workers, self.address, self.cfg.threads)
         raise ValueError(f"unknown executor {self.executor_name!r}")
@@ -296,9 +296,7 @@ def read_failures(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_json(tmp, obj)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 RESULT_COLUMNS = ["release", "adversary", "task", "role", "seed", "step", "tokens", "flops",

@@ -16,13 +16,13 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from nftbench.store import write_text_atomic
 from nftbench.task import Task, lm_eval_yaml
 from nftbench.world import World
 
@@ -52,16 +52,10 @@ def write_lm_eval_tasks(tasks: dict[str, Task], world: World | None, folder: Pat
         name = lm_eval_name(label, task)
         data_file = folder / f"{name}.jsonl"
         lines = "".join(json.dumps(ex) + "\n" for ex in task.examples("eval", world))
-        _write_atomic(data_file, lines)
+        write_text_atomic(data_file, lines)
         config = lm_eval_yaml(task, name, data_file)
-        _write_atomic(folder / f"{name}.yaml", yaml.safe_dump(config, sort_keys=False))
+        write_text_atomic(folder / f"{name}.yaml", yaml.safe_dump(config, sort_keys=False))
     return folder
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class Evaluator:

@@ -19,11 +19,10 @@ from typing import Any
 
 from nftbench.api import Defense
 from nftbench.config import Matrix
-from nftbench.store import content_key
+from nftbench.store import content_key, stage_key
 from nftbench.world import World
 
 SCRATCH = "scratch"
-SHARED_KINDS = ("tokenizer", "pretrain", "defend", "scratch", "utility")
 
 
 @dataclass(frozen=True)
@@ -47,10 +46,6 @@ class Job:
         return asdict(self) | {"id": self.id}
 
 
-def stage_key(kind: str, payload: dict[str, Any]) -> str:
-    return content_key({"kind": kind, **payload})
-
-
 def _job(kind: str, label: str, payload: dict[str, Any], **kw: Any) -> Job:
     return Job(kind, label, stage_key(kind, payload), payload, **kw)
 
@@ -71,16 +66,17 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
         tok = _job("tokenizer", "bpe", {"vocab_size": spec.tiny.vocab_size,
                                         "world": world.fingerprint})
         jobs.append(tok)
-        tokenizer_key, tok_deps = tok.key, (tok.id,)
+        tokenizer_key, tok_id = tok.key, tok.id
     else:  # a hub or local tokenizer is read, not built
-        tokenizer_key, tok_deps = content_key(spec.name_or_path), ()
+        tokenizer_key, tok_id = content_key(spec.name_or_path), None
+    tok_deps = (tok_id,) if tok_id else ()
     # The packed corpus is a deterministic function of these, so they name it.
     corpus_fp = content_key({"world": world.fingerprint, "tokenizer": tokenizer_key,
                              "seq_len": cfg.pretrain.seq_len})
     pretrain = cfg.pretrain.model_dump(mode="json")
     base = _job("pretrain", "base", {"model": spec_payload, "tokenizer": tokenizer_key,
                                      "pretrain": pretrain, "corpus": corpus_fp},
-                deps=tok_deps, args={"tokenizer": tok_deps[0] if tok_deps else None},
+                deps=tok_deps, args={"tokenizer": tok_id},
                 exclusive=True)
     jobs.append(base)
 
@@ -95,12 +91,10 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
             payload["restricted"] = {k: task_fp[k] for k in restricted}
             payload["capability"] = {k: task_fp[k] for k in capability}
         releases[d.label] = _job("defend", d.label, payload, deps=(base.id, *tok_deps),
-                                 args={"defense": d.label, "base": base.id,
-                                       "tokenizer": tok_deps[0] if tok_deps else None})
+                                 args={"defense": d.label, "base": base.id, "tokenizer": tok_id})
     scratch = {s: _job("scratch", f"seed {s}", {"model": spec_payload,
                                                  "tokenizer": tokenizer_key, "seed": s},
-                       deps=tok_deps, args={"seed": s,
-                                            "tokenizer": tok_deps[0] if tok_deps else None})
+                       deps=tok_deps, args={"seed": s, "tokenizer": tok_id})
                for s in cfg.seeds}
     jobs += [*releases.values(), *scratch.values()]
 

@@ -47,6 +47,18 @@ def content_key(payload: Any) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:24]
 
 
+def stage_key(kind: str, payload: dict[str, Any]) -> str:
+    """The key of a stage's entry: the content hash of its kind and payload."""
+    return content_key({"kind": kind, **payload})
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a reader sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -62,7 +74,7 @@ class Store:
         self.root = Path(root)
 
     def key(self, kind: str, payload: dict[str, Any]) -> str:
-        return content_key({"kind": kind, **payload})
+        return stage_key(kind, payload)
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key

@@ -104,7 +104,6 @@ class StageWorker:
             quiet_libraries()
             load_plugins(spec.plugin_dirs)
             matrix = resolve(spec.config)
-        self.spec = spec
         self.matrix = matrix
         self.cfg = matrix.config
         self.progress = spec.progress

@@ -14,25 +14,15 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from nftbench.registry import load_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PLUGINS = ROOT / "examples" / "plugins"
 
-TINY_MATRIX: dict[str, Any] = {
-    "name": "t",
-    "world": {"n_entities": 24, "n_documents": 400},
-    "model": {"tiny": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "intermediate_size": 64, "vocab_size": 300}},
-    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32},
-    "defenses": ["none"],
-    "adversaries": [{"name": "full_ft", "params": {"steps": 4, "batch_size": 4}}],
-    "tasks": ["recall_city", "qa_city"],
-    "seeds": [0],
-    "eval": {"budget_points": 2, "batch_size": 16},
-    "threads": 1,
-}
+# configs/tiny.yaml: every stage in a few seconds
+TINY_MATRIX: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
 
 
 @pytest.fixture(scope="session", autouse=True)

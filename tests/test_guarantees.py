@@ -243,22 +243,31 @@ def test_no_private_artifact_is_reachable_from_an_adversary(tiny_raw: dict[str, 
         assert not any(str(store) in v for v in seen["environment"].values())
 
 
-@register_defense("test_leaky_defense", version="1")
-class LeakyDefense(Defense):
-    """Test-only: writes a private artifact into its release."""
+@register_defense("test_faulty_defense", version="1")
+class FaultyDefense(Defense):
+    """Test-only: releases the base with a fault: a private artifact beside the weights
+    (``leak``) or an inf weight (``inf``)."""
 
     class Config(PluginConfig):
-        pass
+        fault: str = "leak"
 
     def defend(self, ctx):
         model, tok = ctx.base.load()
+        if self.config.fault == "inf":
+            with torch.no_grad():
+                model.lm_head.weight[0, 0] = float("inf")
         save_release(model, tok, ctx.release_dir)
-        (ctx.release_dir / "mask.safetensors").write_bytes(b"secret")
+        if self.config.fault == "leak":
+            (ctx.release_dir / "mask.safetensors").write_bytes(b"secret")
+
+
+def faulty(fault: str, label: str) -> dict[str, Any]:
+    return {"name": "test_faulty_defense", "label": label, "params": {"fault": fault}}
 
 
 def test_a_release_outside_the_allow_list_is_refused_on_save(tiny_raw: dict[str, Any],
                                                             tmp_path: Path) -> None:
-    tiny_raw["defenses"] = ["none", "test_leaky_defense"]
+    tiny_raw["defenses"] = ["none", faulty("leak", "test_leaky_defense")]
     code, results = run(tiny_raw, tmp_path)
     assert code == 3
     assert "mask.safetensors" in reason(tiny_raw, "defend", "test_leaky_defense")
@@ -381,23 +390,9 @@ def test_a_base_model_with_nan_weights_is_a_recorded_failure(tokenizer, tiny_raw
     assert why.startswith("input pretrain 'base' failed: NonFiniteWeights")
 
 
-@register_defense("test_inf_defense", version="1")
-class InfDefense(Defense):
-    """Test-only: releases a model with an inf weight."""
-
-    class Config(PluginConfig):
-        pass
-
-    def defend(self, ctx):
-        model, tok = ctx.base.load()
-        with torch.no_grad():
-            model.lm_head.weight[0, 0] = float("inf")
-        save_release(model, tok, ctx.release_dir)
-
-
 def test_a_release_with_inf_weights_is_a_recorded_failure(tiny_raw: dict[str, Any],
                                                           tmp_path: Path) -> None:
-    tiny_raw["defenses"] = ["none", "test_inf_defense"]
+    tiny_raw["defenses"] = ["none", faulty("inf", "test_inf_defense")]
     code, results = run(tiny_raw, tmp_path)
     assert code == 3
     why = reason(tiny_raw, "defend", "test_inf_defense")
