@@ -332,7 +332,7 @@ def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> Matrix:
     for assignment in overrides:
         apply_override(raw, assignment)
     try:
-        config = MatrixConfig(**raw)
+        config = MatrixConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_errors(err, model=MatrixConfig)) from None
     errors: list[str] = []
