@@ -1,10 +1,13 @@
-"""Does pre-training transfer? Final restricted-task scores of the undefended release against
-the scratch baseline, per adversary and task, with bootstrap CIs over seeds.
+"""Does pre-training transfer, and does it transfer on every base? Final restricted-task scores
+of the undefended release against the scratch baseline, per adversary and task, over bases
+(pre-training runs) and attack seeds.
 
 Runs the matrix with the `none` defense only (stages already in the store are reused), then
-prints one row per (adversary, task):
+prints one row per (adversary, task): none's mean with its interval over bases and seeds, the
+standard deviation and range of the per-base means, scratch, and whether the two intervals are
+separated. ``--bases N`` sets ``pretrain.seeds`` to 0..N-1.
 
-    .venv/bin/python benchmarks/transfer.py configs/default.yaml
+    .venv/bin/python benchmarks/transfer.py configs/default.yaml --bases 5 --workers 2
 """
 
 from __future__ import annotations
@@ -37,20 +40,32 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="configs/default.yaml")
     parser.add_argument("-o", "--override", action="append", default=[])
+    parser.add_argument("--bases", type=int, help="pre-training seeds 0..N-1")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     load_plugins()
-    matrix = load_config(args.config, ["defenses=[none]", *args.override])
-    outcome = Runner(matrix, progress=False).run()
+    overrides = ["defenses=[none]", *args.override]
+    if args.bases:
+        overrides.append(f"pretrain.seeds={list(range(args.bases))}")
+    matrix = load_config(args.config, overrides)
+    outcome = Runner(matrix, progress=False, workers=args.workers).run()
     t = transfer_table(outcome.results)
-    print(f"config: {args.config}  seeds: {matrix.config.seeds}  (mean [95% bootstrap CI])")
+    cfg = matrix.config
+    print(f"config: {args.config}  bases: {cfg.pretrain.bases}  seeds: {cfg.seeds}  "
+          "(mean [95% interval over bases and seeds]; sd and range of the per-base means)")
     print(pd.DataFrame({
         "adversary": t.adversary, "task": t.task,
         "none (pre-trained)": [fmt(*r) for r in zip(t.mean_none, t.ci_low_none, t.ci_high_none,
                                                     strict=True)],
+        "sd over bases": t.sd_bases_none.map(lambda x: f"{x:.3f}"),
+        "range over bases": [f"{lo:.2f}-{hi:.2f}" for lo, hi in
+                             zip(t.min_base_none, t.max_base_none, strict=True)],
         "scratch": [fmt(*r) for r in zip(t.mean_scratch, t.ci_low_scratch, t.ci_high_scratch,
                                          strict=True)],
-        "seeds": t.n_seeds_none, "separated": t.separated,
+        "bases x seeds": [f"{b} x {s}" for b, s in zip(t.n_bases_none, t.n_seeds_none,
+                                                       strict=True)],
+        "separated": t.separated,
     }).to_string(index=False))
     return 0 if t.separated.all() else 1
 

@@ -85,6 +85,10 @@ class DefenseContext:
     evaluate_capability: Callable[[PreTrainedModel, PreTrainedTokenizerBase],
                                   dict[str, float]] | None = None
 
+    #: the packed corpus with the facts of the named world attributes filtered out (the same
+    #: documents and order otherwise); None where the corpus is not the embedded world's
+    corpus_without: Callable[[Sequence[str]], torch.Tensor] | None = None
+
     def init_model(self, seed: int) -> PreTrainedModel:
         return init_model(self.spec, self.tokenizer, seed)
 

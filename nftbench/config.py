@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nftbench.models import ModelSpec
 from nftbench.registry import ADVERSARIES, DEFENSES, TASKS, Plugin, Registry
@@ -42,11 +49,41 @@ class PretrainConfig(BaseModel):
     steps: int = Field(1500, ge=0, description="optimizer steps (0 for a hub model: use as is)")
     batch_size: int = Field(32, ge=1, description="sequences per step")
     seq_len: int = Field(64, ge=8, description="tokens per packed sequence")
-    seed: int = Field(0, description="seed of initialization and data order")
+    seed: int = Field(0, description="seed of initialization and data order (one base)")
+    seeds: list[int] | None = Field(
+        None, min_length=1,
+        description="pre-training seeds, one base each: every defense is applied to every base, "
+        "and intervals cover the variation across bases (overrides `seed`)")
     optim: OptimConfig = Field(
         default_factory=lambda: OptimConfig(lr=5e-3, schedule="cosine", warmup_steps=50,
                                             min_lr_ratio=0.0, weight_decay=0.1),
         description="optimizer of pre-training")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_bases(self) -> PretrainConfig:
+        if self.seeds is not None:
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"seeds: pre-training seeds repeat: {self.seeds}")
+            if "seed" in self.model_fields_set and self.seed not in self.seeds:
+                raise ValueError("give either seed (one base) or seeds (several), not both")
+            if self.steps == 0 and len(self.seeds) > 1:
+                raise ValueError("steps is 0 (a hub model used as is): there is one base, so "
+                                 "pretrain.seeds must name one seed")
+        return self
+
+    @property
+    def bases(self) -> list[int]:
+        """The pre-training seeds of the matrix's bases (a hub model used as is has one)."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    def for_base(self, seed: int) -> PretrainConfig:
+        """This config for the one base pre-trained with ``seed`` (what a defense sees)."""
+        return self.model_copy(update={"seed": seed, "seeds": None})
+
+    def key_payload(self, seed: int) -> dict[str, Any]:
+        """What of this config names one base's pre-training in a stage key (not the other
+        bases: adding a base never changes an existing base's key)."""
+        return self.for_base(seed).model_dump(mode="json", exclude={"seeds"})
 
 
 class EvalConfig(BaseModel):
@@ -105,7 +142,11 @@ class MatrixConfig(BaseModel):
     tasks: list[PluginSpec] = Field(min_length=1, description="capability and restricted tasks")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="attack seeds")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    threads: int = Field(
+        1, ge=1, description="torch CPU threads of every stage, whichever executor runs it. "
+        "Fixed by the config because on some CPUs (AVX512 with AMX) the thread count changes "
+        "float reductions and so the numbers; it enters every computing stage's key. Use "
+        "`--workers N` to use N cores")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="resource limits")
 
     @field_validator("defenses", "adversaries", "tasks", mode="before")

@@ -91,6 +91,9 @@ class Runner:
         self.plugin_dirs = tuple(str(p) for p in plugin_dirs)
         self.world = World(self.cfg.world)
         self.task_fp = {t.label: t.plugin.fingerprint(self.world) for t in matrix.tasks}
+        # eval items behind each score (None for a task scored by an lm-eval task by name)
+        self.n_items = {t.label: len(t.plugin.examples("eval", self.world))
+                        if "eval" in t.plugin.splits else None for t in matrix.tasks}
         self.plan = build_plan(matrix, self.world, self.task_fp)
         self.stages: list[StageLog] = []
 
@@ -103,17 +106,19 @@ class Runner:
             "output_dir": str(self.run_dir.resolve()),
             "store_dir": str(self.store.root.resolve())}
         plugin_dirs = tuple(str(Path(d).resolve()) for d in self.plugin_dirs)
-        spec = WorkerSpec(config, plugin_dirs, progress=False, threads=self.cfg.threads)
+        threads = self.cfg.threads
+        spec = WorkerSpec(config, plugin_dirs, progress=False, threads=threads)
         if self.executor_name == "sequential":
-            spec = replace(spec, progress=self.progress, threads=self.cfg.threads or cores)
-            return SequentialExecutor(StageWorker(spec, self.matrix))
+            return SequentialExecutor(StageWorker(replace(spec, progress=self.progress),
+                                                  self.matrix))
         if self.executor_name == "pool":
-            workers = self.workers or cores
-            per_worker = self.cfg.threads or max(1, cores // workers)
-            return PoolExecutor(replace(spec, threads=per_worker), workers,
-                                exclusive_threads=per_worker * workers)
+            workers = self.workers or max(1, cores // threads)
+            if workers * threads > cores:
+                log.warning("%d workers x %d threads on %d cores: the workers will wait on "
+                            "each other", workers, threads, cores)
+            return PoolExecutor(spec, workers)
         if self.executor_name == "ray":
-            return RayExecutor(spec, self.workers, self.address, self.cfg.threads)
+            return RayExecutor(spec, self.workers, self.address)
         raise ValueError(f"unknown executor {self.executor_name!r}")
 
     # -- the matrix ------------------------------------------------------------------------
@@ -191,28 +196,33 @@ class Runner:
             ok = logs[job.id].status == "ok"
             if job.kind == "utility" and ok:
                 scores = read_json(self.store.path(job.kind, job.key) / "scores.json")
-                rows += [row(release=job.args["release_label"], adversary="-", task=task,
-                             role="capability", seed=None, step=0, metric="score",
-                             value=score) for task, score in scores.items()]
+                rows += [row(release=job.args["release_label"], base=job.args["base"],
+                             adversary="-", task=task, role="capability", seed=None, step=0,
+                             metric="score", value=score, n_items=self.n_items.get(task))
+                         for task, score in scores.items()]
             elif job.kind == "attack":
                 ids = dict(job.cell, role="restricted")
                 if ok:
                     curve = read_json(self.store.path(job.kind, job.key) / "curve.json")
-                    rows += curve_rows(curve, ids, job.cell["task"])
+                    rows += curve_rows(curve, ids, job.cell["task"],
+                                       self.n_items.get(job.cell["task"]))
                 else:
                     rows.append(row(**ids, step=None, metric="score", value=None,
                                     status="failed", reason=logs[job.id].reason))
         return pd.DataFrame(rows, columns=RESULT_COLUMNS).astype(
-            {"seed": "Int64", "step": "Int64", "tokens": "Int64", "trial": "Int64"})
+            {"base": "Int64", "seed": "Int64", "step": "Int64", "tokens": "Int64",
+             "trial": "Int64", "n_items": "Int64"})
 
     def _link_releases(self, logs: dict[str, StageLog]) -> None:
-        """``RUN_DIR/releases/<label>`` points at each release in the store (for lm_eval)."""
+        """``RUN_DIR/releases/<defense>-base<seed>`` and ``scratch-seed<seed>`` point at each
+        release in the store (plain ``from_pretrained`` folders, for lm_eval)."""
         folder = self.run_dir / "releases"
         folder.mkdir(parents=True, exist_ok=True)
         for job in self.plan:
             if job.kind not in ("defend", "scratch") or logs[job.id].status != "ok":
                 continue
-            label = job.label if job.kind == "defend" else f"{SCRATCH}-seed{job.args['seed']}"
+            label = (f"{job.args['defense']}-base{job.args['base_seed']}" if job.kind == "defend"
+                     else f"{SCRATCH}-seed{job.args['seed']}")
             target = self.store.path(job.kind, job.key) / "release"
             link = folder / label.replace("/", "_")
             if link.is_symlink() or link.exists():
@@ -299,9 +309,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1))
 
 
-RESULT_COLUMNS = ["release", "adversary", "task", "role", "seed", "step", "tokens", "flops",
-                  "wall_s", "peak_mem_mb", "metric", "value", "status", "authorized", "trial",
-                  "reason"]
+RESULT_COLUMNS = ["release", "base", "adversary", "task", "role", "seed", "step", "tokens",
+                  "flops", "wall_s", "peak_mem_mb", "metric", "value", "status", "authorized",
+                  "trial", "reason", "n_items"]
 
 
 def row(**kw: Any) -> dict[str, Any]:
@@ -311,14 +321,17 @@ def row(**kw: Any) -> dict[str, Any]:
     return base
 
 
-def curve_rows(curve: dict[str, Any], ids: dict[str, Any], task: str) -> list[dict[str, Any]]:
-    """Tidy rows of one attack curve: a score and a loss row per budget point."""
+def curve_rows(curve: dict[str, Any], ids: dict[str, Any], task: str,
+               n_items: int | None = None) -> list[dict[str, Any]]:
+    """Tidy rows of one attack curve: a score (on ``n_items`` eval items) and a loss row per
+    budget point."""
     status = "diverged" if curve["diverged_at"] is not None else "ok"
     out = []
     for p in curve["points"]:
         common = dict(ids, step=p["step"], tokens=p["tokens"], flops=p["flops"],
                       wall_s=p["wall_s"], peak_mem_mb=p["peak_mem_mb"], status=status)
-        out.append(row(**common, metric="score", value=p["scores"].get(task)))
+        out.append(row(**common, metric="score", value=p["scores"].get(task),
+                       n_items=n_items))
         if p["loss"] is not None:
             out.append(row(**common, metric="loss", value=p["loss"]))
     if status == "diverged":

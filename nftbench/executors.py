@@ -7,14 +7,15 @@ stages (the base model, each release) run once, before the cells that need them,
 release is ready run while other releases are still being built. Claims in the store (see
 :mod:`nftbench.store`) keep two workers, or two runs, from computing one stage at once.
 
-* ``sequential`` (default): in this process, with every core.
-* ``pool``: ``--workers N`` spawned processes, each with ``cores // N`` torch threads so that
-  workers do not fight over cores (on a 2-core machine two workers each running two threads are
-  several times slower than one), and one GPU each where there are GPUs. Pre-training, which
-  nothing else can run beside, runs alone with every core. A stage whose worker dies (the OOM
-  killer) takes the pool down with every stage it was running; each of those is run again,
-  alone, on a fresh pool, and fails only if it kills its worker again.
-* ``ray``: one actor per GPU of the cluster (or ``--workers`` actors), each with its share of the
+Every stage runs with the config's ``threads`` torch threads, whichever executor runs it: on
+some CPUs the thread count changes float reductions, and a 1,500-step pre-training amplifies
+that into a different model, so an executor must never pick its own count.
+
+* ``sequential`` (default): in this process.
+* ``pool``: ``--workers N`` spawned processes (one GPU each where there are GPUs). A stage whose
+  worker dies (the OOM killer) takes the pool down with every stage it was running; each of
+  those is run again, alone, on a fresh pool, and fails only if it kills its worker again.
+* ``ray``: one actor per GPU of the cluster (or ``--workers`` actors), each reserving ``threads``
   CPUs; a dead actor is replaced and its stage retried alone the same way. ``--address`` joins
   an existing cluster; without it a local Ray instance is started. Every node must have
   nftbench installed and see the store at the same path (a shared filesystem).
@@ -47,9 +48,8 @@ WORKER_DIED = ("the worker process running this stage died twice (killed, or out
 
 class Executor(Protocol):
     slots: int  # jobs that run at once
-    exclusive_threads: int | None  # threads of an exclusive job (None: exclusivity is moot)
 
-    def submit(self, job: Job, threads: int | None = None) -> cf.Future[StageLog]: ...
+    def submit(self, job: Job) -> cf.Future[StageLog]: ...
 
     def close(self) -> None: ...
 
@@ -58,14 +58,13 @@ class SequentialExecutor:
     """Runs each job in this process as it is submitted."""
 
     slots = 1
-    exclusive_threads = None
 
     def __init__(self, worker: StageWorker) -> None:
         self.worker = worker
 
-    def submit(self, job: Job, threads: int | None = None) -> cf.Future[StageLog]:
+    def submit(self, job: Job) -> cf.Future[StageLog]:
         future: cf.Future[StageLog] = cf.Future()
-        future.set_result(self.worker.run(job, threads))
+        future.set_result(self.worker.run(job))
         return future
 
     def close(self) -> None:
@@ -89,18 +88,18 @@ def _noop() -> int:
     return os.getpid()
 
 
-def _run_in_pool(job: Job, threads: int | None) -> StageLog:
+def _run_in_pool(job: Job) -> StageLog:
     assert _POOL_WORKER is not None, "pool worker not initialized"
-    return _POOL_WORKER.run(job, threads)
+    return _POOL_WORKER.run(job)
 
 
 class PoolExecutor:
     """``workers`` spawned processes on this machine."""
 
-    def __init__(self, spec: WorkerSpec, workers: int, exclusive_threads: int | None) -> None:
+    def __init__(self, spec: WorkerSpec, workers: int) -> None:
         import torch
 
-        self.spec, self.slots, self.exclusive_threads = spec, workers, exclusive_threads
+        self.spec, self.slots = spec, workers
         self._ctx = multiprocessing.get_context("spawn")  # fork after torch init is unsafe
         self._n_gpus = torch.cuda.device_count()
         if self._n_gpus and workers > self._n_gpus:
@@ -125,14 +124,14 @@ class PoolExecutor:
         log.info("pool: %d workers ready (pids %s)", len(pids), sorted(pids))
         return pool
 
-    def submit(self, job: Job, threads: int | None = None) -> cf.Future[StageLog]:
+    def submit(self, job: Job) -> cf.Future[StageLog]:
         try:
-            return self._pool.submit(_run_in_pool, job, threads)
+            return self._pool.submit(_run_in_pool, job)
         except cf.process.BrokenProcessPool:  # a worker died earlier: start a fresh pool
             log.warning("pool: a worker died; starting a new pool")
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._start()
-            return self._pool.submit(_run_in_pool, job, threads)
+            return self._pool.submit(_run_in_pool, job)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -145,15 +144,14 @@ class StageActor:
         logging.basicConfig(level=logging.WARNING)
         self.worker = StageWorker(spec)
 
-    def run(self, job: Job, threads: int | None) -> StageLog:
-        return self.worker.run(job, threads)
+    def run(self, job: Job) -> StageLog:
+        return self.worker.run(job)
 
 
 class RayExecutor:
     """One actor per GPU of the cluster, or ``workers`` actors; each job on an idle actor."""
 
-    def __init__(self, spec: WorkerSpec, workers: int | None, address: str | None,
-                 threads: int | None) -> None:
+    def __init__(self, spec: WorkerSpec, workers: int | None, address: str | None) -> None:
         try:
             import ray
         except ImportError:
@@ -172,26 +170,24 @@ class RayExecutor:
                     from None
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-        self.slots = workers or gpus or max(1, cpus // (threads or 1))
-        threads = threads or max(1, cpus // self.slots)
-        self.exclusive_threads = None
+        threads = spec.threads or 1
+        self.slots = workers or gpus or max(1, cpus // threads)
         self._actor_cls = ray.remote(num_cpus=threads, num_gpus=1 if gpus else 0)(StageActor)
         self._spec = spec
-        self._threads = threads
         self._actors = [self._actor_cls.remote(spec) for _ in range(self.slots)]
         self._busy: dict[int, cf.Future[StageLog]] = {}
         self._lock = threading.Lock()
         log.info("ray: %d actors (%d CPUs, %d GPUs in the cluster; %d threads, %s GPU each)",
                  self.slots, cpus, gpus, threads, 1 if gpus else 0)
 
-    def submit(self, job: Job, threads: int | None = None) -> cf.Future[StageLog]:
+    def submit(self, job: Job) -> cf.Future[StageLog]:
         with self._lock:
             free = [i for i in range(self.slots)
                     if i not in self._busy or self._busy[i].done()]
             if not free:
                 raise RuntimeError("ray: no idle actor (the scheduler over-submitted)")
             i = free[0]
-            future = self._actors[i].run.remote(job, threads or self._threads).future()
+            future = self._actors[i].run.remote(job).future()
             self._busy[i] = future
         future.add_done_callback(lambda f, i=i: self._replace_if_dead(i, f))
         return future
@@ -252,10 +248,8 @@ def schedule(jobs: Iterable[Job], executor: Executor,
             elif missing[child.id] == 0:
                 heapq.heappush(ready, (index[child.id], child.id))
 
-    exclusive = executor.exclusive_threads is not None
-
-    def alone(job: Job) -> bool:
-        return (exclusive and job.exclusive) or deaths[job.id] > 0
+    def alone(job: Job) -> bool:  # a job that killed its worker once runs alone
+        return deaths[job.id] > 0
 
     while ready or running:
         while ready and len(running) < executor.slots:
@@ -268,11 +262,10 @@ def schedule(jobs: Iterable[Job], executor: Executor,
                 finish(job, skipped)
                 continue
             if running and (alone(job) or any(alone(j) for j in running.values())):
-                break  # an exclusive job runs alone (with every core), as does a suspect one
+                break
             heapq.heappop(ready)
             on_start(job)
-            threads = executor.exclusive_threads if exclusive and job.exclusive else None
-            running[executor.submit(job, threads)] = job
+            running[executor.submit(job)] = job
         if not running:
             break
         done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)

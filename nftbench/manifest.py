@@ -47,9 +47,47 @@ def git_commit() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def hardware() -> dict[str, Any]:
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                    "KMP_BLOCKTIME", "ATEN_CPU_CAPABILITY", "OPENBLAS_CORETYPE")
+
+
+def _cpuinfo(field: str) -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what platform says)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def kernel_path(threads: int | None = None) -> dict[str, Any]:
+    """What decides which float kernels a run takes: two runs with the same values (and the
+    same packages) give bit-identical numbers; any difference makes them agree only
+    statistically (README, "Reproducing results")."""
+    parallel = torch.__config__.parallel_info().splitlines()
+    mkl = next((line.split("Version", 1)[1].strip() for line in parallel
+                if "Math Kernel Library Version" in line), None)
+    flags = set((_cpuinfo("flags") or "").split())
+    return {"cpu_model": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "amx": any(f.startswith("amx") for f in flags),
+            "torch": torch.__version__,
+            "mkl": mkl,
+            "parallel_backend": next((line.split(":", 1)[1].strip() for line in parallel
+                                      if line.startswith("ATen parallel backend")), None),
+            "threads": threads if threads is not None else torch.get_num_threads(),
+            "environment": {v: os.environ[v] for v in THREAD_VARIABLES if v in os.environ}}
+
+
+def hardware(threads: int | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "cpu_count": os.cpu_count(), "kernel_path": kernel_path(threads),
                             "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -70,7 +108,7 @@ def write_manifest(path: Path, matrix: Matrix, outcome: RunOutcome,
         "trust_remote_code": matrix.config.model.trust_remote_code,
         "packages": package_versions(),
         "git": git_commit(),
-        "hardware": hardware(),
+        "hardware": hardware(matrix.config.threads),
         "data_fingerprints": data,
         "execution": execution or {"executor": "sequential"},
         "wall_s": round(outcome.wall_s, 3),

@@ -6,10 +6,13 @@ every input key is itself a content hash, so the whole graph, keys included, fol
 config alone. That is what lets a rerun skip finished work, ``nftbench status`` say which cells
 are done without running anything, and any worker run any job whose inputs are in the store::
 
-    tokenizer ─► pretrain ─► defend (per defense) ─┬─► utility (per release)
-             └─► scratch (per seed) ───────────────┴─► attack (per release x adversary x task
-                                                        x seed; owner cells for defenses with
-                                                        authorized tuning)
+    tokenizer ─► pretrain (per base) ─► defend (per defense x base) ─┬─► utility (per release)
+             └─► scratch (per seed) ─────────────────────────────────┴─► attack (per release x
+                        adversary x task x seed; owner cells for defenses with authorized tuning)
+
+A base is one pre-training run (a pre-training seed). Every defense is applied to every base;
+scratch does not depend on the base, so it is attacked once per seed and shared by every base's
+comparison.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ class Job:
     payload: dict[str, Any]
     deps: tuple[str, ...] = ()  # ids of the jobs whose entries this one reads
     args: dict[str, Any] = field(default_factory=dict)  # what the worker needs to find inputs
-    exclusive: bool = False  # run alone, with every core of the machine (pre-training)
     cell: dict[str, Any] | None = None  # an attack cell's row ids (release, adversary, ...)
 
     @property
@@ -55,11 +57,16 @@ def has_authorization(defense: Defense) -> bool:
     return type(defense).authorize is not Defense.authorize
 
 
+def base_label(seed: int) -> str:
+    return f"base {seed}"
+
+
 def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Job]:
     """Every stage of ``matrix`` in an order that respects its dependencies."""
     cfg = matrix.config
     spec = cfg.model
     spec_payload = spec.model_dump(mode="json", exclude={"device"})
+    threads = cfg.threads  # enters every key of a stage that computes with torch
     jobs: list[Job] = []
 
     if spec.is_tiny:
@@ -73,62 +80,74 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
     # The packed corpus is a deterministic function of these, so they name it.
     corpus_fp = content_key({"world": world.fingerprint, "tokenizer": tokenizer_key,
                              "seq_len": cfg.pretrain.seq_len})
-    pretrain = cfg.pretrain.model_dump(mode="json")
-    base = _job("pretrain", "base", {"model": spec_payload, "tokenizer": tokenizer_key,
-                                     "pretrain": pretrain, "corpus": corpus_fp},
-                deps=tok_deps, args={"tokenizer": tok_id},
-                exclusive=True)
-    jobs.append(base)
+    bases: dict[int, Job] = {}
+    for b in cfg.pretrain.bases:
+        bases[b] = _job("pretrain", base_label(b),
+                        {"model": spec_payload, "tokenizer": tokenizer_key,
+                         "pretrain": cfg.pretrain.key_payload(b), "corpus": corpus_fp,
+                         "threads": threads},
+                        deps=tok_deps, args={"tokenizer": tok_id, "seed": b})
+    jobs += bases.values()
 
     restricted = [t.label for t in matrix.restricted_tasks]
     capability = [t.label for t in matrix.capability_tasks]
-    releases: dict[str, Job] = {}
-    for d in matrix.defenses:
-        payload = {"defense": d.name, "version": d.version, "params": d.params,
-                   "base": base.key, "tokenizer": tokenizer_key, "corpus": corpus_fp,
-                   "pretrain": pretrain}
-        if d.plugin.uses_restricted_data:  # it may also read capability scores (a guard)
-            payload["restricted"] = {k: task_fp[k] for k in restricted}
-            payload["capability"] = {k: task_fp[k] for k in capability}
-        releases[d.label] = _job("defend", d.label, payload, deps=(base.id, *tok_deps),
-                                 args={"defense": d.label, "base": base.id, "tokenizer": tok_id})
+    # (defense label, base seed) -> its release
+    releases: dict[tuple[str, int], Job] = {}
+    for b, base in bases.items():
+        for d in matrix.defenses:
+            payload = {"defense": d.name, "version": d.version, "params": d.params,
+                       "base": base.key, "tokenizer": tokenizer_key, "corpus": corpus_fp,
+                       "pretrain": cfg.pretrain.key_payload(b), "threads": threads}
+            if d.plugin.uses_restricted_data:  # it may also read capability scores (a guard)
+                payload["restricted"] = {k: task_fp[k] for k in restricted}
+                payload["capability"] = {k: task_fp[k] for k in capability}
+            releases[d.label, b] = _job(
+                "defend", f"{d.label} / {base_label(b)}", payload, deps=(base.id, *tok_deps),
+                args={"defense": d.label, "base": base.id, "base_seed": b, "tokenizer": tok_id})
     scratch = {s: _job("scratch", f"seed {s}", {"model": spec_payload,
                                                  "tokenizer": tokenizer_key, "seed": s},
                        deps=tok_deps, args={"seed": s, "tokenizer": tok_id})
                for s in cfg.seeds}
     jobs += [*releases.values(), *scratch.values()]
 
-    targets = [*releases.items(), (SCRATCH, scratch[cfg.seeds[0]])]
+    # (release label, base seed or None for scratch, its job)
+    targets = [(label, b, job) for (label, b), job in releases.items()]
+    targets.append((SCRATCH, None, scratch[cfg.seeds[0]]))
     if capability:
-        for label, release in targets:
+        for label, b, release in targets:
             payload = {"release": release.key, "tasks": {n: task_fp[n] for n in capability},
-                       "task_params": {t.label: t.params for t in matrix.capability_tasks}}
-            jobs.append(_job("utility", label, payload, deps=(release.id,),
-                             args={"release": release.id, "release_label": label}))
+                       "task_params": {t.label: t.params for t in matrix.capability_tasks},
+                       "threads": threads}
+            where = label if b is None else f"{label} / {base_label(b)}"
+            jobs.append(_job("utility", where, payload, deps=(release.id,),
+                             args={"release": release.id, "release_label": label, "base": b}))
 
     points = cfg.eval.budget_points
     owners = {d.label for d in matrix.defenses if has_authorization(d.plugin)}
-    cells = [(label, a, t, s, False) for label in [*releases, SCRATCH]
+    keys = [(label, b) for (label, b) in releases] + [(SCRATCH, None)]
+    cells = [(label, b, a, t, s, False) for label, b in keys
              for a in matrix.adversaries for t in matrix.restricted_tasks for s in cfg.seeds]
-    cells += [(label, a, t, s, True) for label in releases if label in owners
+    cells += [(label, b, a, t, s, True) for label, b in releases if label in owners
               for a in matrix.adversaries if a.plugin.owner_recipe
               for t in matrix.restricted_tasks for s in cfg.seeds]
-    for label, adversary, task, seed, owner in cells:
-        release = scratch[seed] if label == SCRATCH else releases[label]
+    for label, b, adversary, task, seed, owner in cells:
+        release = scratch[seed] if label == SCRATCH else releases[label, b]
         payload = {"release": release.key, "adversary": adversary.name,
                    "version": adversary.version, "params": adversary.params,
                    "task": task.label, "task_params": task.params, "data": task_fp[task.label],
                    "seed": seed, "budget_points": points,
-                   "capability_after": {c: task_fp[c] for c in capability}}
+                   "capability_after": {c: task_fp[c] for c in capability},
+                   "threads": threads}
         if owner:
             payload["authorized"] = True
         who = "owner " if owner else ""
+        where = label if b is None else f"{label} / {base_label(b)}"
         jobs.append(_job(
-            "attack", f"{who}{adversary.label} > {label} / {task.label} / seed {seed}", payload,
+            "attack", f"{who}{adversary.label} > {where} / {task.label} / seed {seed}", payload,
             deps=(release.id,),
-            args={"release": release.id, "release_label": label, "adversary": adversary.label,
-                  "task": task.label, "seed": seed, "owner": owner},
-            cell={"release": label, "adversary": adversary.label, "task": task.label,
+            args={"release": release.id, "release_label": label, "base": b,
+                  "adversary": adversary.label, "task": task.label, "seed": seed,
+                  "owner": owner},
+            cell={"release": label, "base": b, "adversary": adversary.label, "task": task.label,
                   "seed": seed, "authorized": owner}))
     return jobs
-

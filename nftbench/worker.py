@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,7 +76,7 @@ class WorkerSpec:
     config: dict[str, Any]  # the resolved MatrixConfig, dumped to JSON types
     plugin_dirs: tuple[str, ...] = ()
     progress: bool = True
-    threads: int | None = None  # torch threads (None: leave as is)
+    threads: int | None = None  # torch threads of every stage (the config's; None: as is)
 
 
 def quiet_libraries() -> None:
@@ -146,6 +146,11 @@ class StageWorker:
                                        self.cfg.pretrain.seq_len)
         return self._corpus
 
+    def filtered_corpus(self, tokenizer: Any, attributes: Sequence[str]) -> torch.Tensor:
+        """The packed corpus without the facts of ``attributes`` (for data filtering)."""
+        return pack_corpus(self.world.documents(without=attributes), tokenizer,
+                           self.cfg.pretrain.seq_len)
+
     def entry(self, job_id: str) -> Path:
         kind, key = job_id.split(":", 1)
         return self.store.path(kind, key)
@@ -159,12 +164,11 @@ class StageWorker:
 
     # -- running a job -----------------------------------------------------------------------
 
-    def run(self, job: Job, threads: int | None = None) -> StageLog:
+    def run(self, job: Job) -> StageLog:
         """Run ``job`` unless its entry is in the store; never raises (a failure is a log)."""
         started = time.time()
-        threads = threads or self.threads
-        if threads:
-            torch.set_num_threads(threads)
+        if self.threads:  # the config's count, whichever executor runs the stage
+            torch.set_num_threads(self.threads)
         limit = self.cfg.limits.cell_timeout_s if job.kind == "attack" else None
         try:
             with time_limit(limit):
@@ -207,7 +211,7 @@ class StageWorker:
             tmp)
 
     def build_pretrain(self, job: Job, tmp: Path) -> None:
-        spec, pre = self.cfg.model, self.cfg.pretrain
+        spec, pre = self.cfg.model, self.cfg.pretrain.for_base(job.args["seed"])
         tokenizer = self.tokenizer(job.args["tokenizer"])
         model = init_model(spec, tokenizer, pre.seed) if spec.is_tiny else load_pretrained(spec)
         batches = corpus_batches(self.corpus(tokenizer), pre.batch_size, pre.seed)
@@ -225,11 +229,13 @@ class StageWorker:
         restricted = {t.label: self.task_data[t.label]["train"]
                       for t in self.matrix.restricted_tasks}
         ctx = DefenseContext(spec=self.cfg.model, tokenizer=tokenizer,
-                             corpus=self.corpus(tokenizer), pretrain=self.cfg.pretrain,
+                             corpus=self.corpus(tokenizer),
+                             pretrain=self.cfg.pretrain.for_base(job.args["base_seed"]),
                              base=self.release(job.args["base"]), restricted=restricted,
                              release_dir=tmp / "release", private_dir=tmp / "private",
                              progress=self.progress, evaluate=self.evaluator,
-                             evaluate_capability=self.capability_evaluator())
+                             evaluate_capability=self.capability_evaluator(),
+                             corpus_without=functools.partial(self.filtered_corpus, tokenizer))
         ctx.private_dir.mkdir()
         variant.plugin.defend(ctx)
         Release(ctx.release_dir, self.cfg.model)  # validates the allow-list

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from functools import cached_property
 from typing import Any
 
@@ -49,6 +49,16 @@ CORPUS_TEMPLATES: dict[str, list[str]] = {
             "{e} 's pet is a {v} ."],
 }
 REGION_TEMPLATES = ["{c} is in the {r} .", "the city of {c} lies in the {r} ."]
+# Question-and-answer sentences, as web text has them: the frame of the restricted tasks
+# ("question : ... ? answer : ...") with other wordings than any task's prompt. Pre-training on
+# some of them makes "answer a question about a fact" a skill the base has, so fine-tuning on a
+# new wording of it transfers reliably from one pre-training run to the next.
+QA_TEMPLATES: dict[str, list[str]] = {
+    "city": ["question : which city is home to {e} ? answer : {v} ."],
+    "color": ["question : what is the favorite color of {e} ? answer : {v} ."],
+    "food": ["question : which food does {e} like best ? answer : {v} ."],
+    "pet": ["question : what pet does {e} have ? answer : a {v} ."],
+}
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr",
            "st", "th", "sh"]
@@ -75,6 +85,9 @@ class WorldConfig(BaseModel):
         "its facts, random order and forms); the rest mix 3-6 random facts")
     region_fraction: float = Field(0.05, ge=0, le=1,
                                    description="share of mixed-document facts about regions")
+    qa_fraction: float = Field(0.0, ge=0, le=1,
+                               description="share of fact sentences written as a question and "
+                               "its answer (in wordings no task uses)")
 
 
 def _make_name(rng: random.Random) -> str:
@@ -113,30 +126,43 @@ class World:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def _fact(self, entity: str, attribute: str, rng: random.Random) -> str:
-        template = rng.choice(CORPUS_TEMPLATES[attribute])
+        qa = self.config.qa_fraction and rng.random() < self.config.qa_fraction
+        template = rng.choice((QA_TEMPLATES if qa else CORPUS_TEMPLATES)[attribute])
         return template.format(e=entity, v=self.facts[entity][attribute])
 
-    def documents(self) -> Iterator[str]:
-        """The pre-training corpus: entity biographies and mixed-fact documents."""
+    def documents(self, without: Collection[str] = ()) -> Iterator[str]:
+        """The pre-training corpus: entity biographies and mixed-fact documents.
+
+        ``without``: attributes whose facts are filtered out (pre-training data filtering);
+        every other sentence, and the order of everything, is that of the full corpus, and a
+        document left empty is dropped."""
         cfg = self.config
+        unknown = sorted(set(without) - set(ATTRIBUTE_VALUES))
+        if unknown:
+            raise KeyError(f"unknown world attributes {unknown}; known: "
+                           f"{', '.join(ATTRIBUTE_VALUES)}")
         rng = random.Random(cfg.seed + 1)
         attributes = list(ATTRIBUTE_VALUES)
         cities = list(REGION_OF_CITY)
         for _ in range(cfg.n_documents):
+            facts: list[tuple[str, str]] = []  # (attribute, sentence); drawn even if dropped
             if rng.random() < cfg.bio_fraction:
                 entity = rng.choice(self.entities)
                 order = rng.sample(attributes, len(attributes))
-                yield " ".join(self._fact(entity, a, rng) for a in order)
-                continue
-            facts = []
-            for _ in range(rng.randint(3, 6)):
-                if rng.random() < cfg.region_fraction:
-                    c = rng.choice(cities)
-                    facts.append(rng.choice(REGION_TEMPLATES).format(c=c, r=REGION_OF_CITY[c]))
-                else:
-                    facts.append(self._fact(rng.choice(self.entities), rng.choice(attributes),
-                                            rng))
-            yield " ".join(facts)
+                facts = [(a, self._fact(entity, a, rng)) for a in order]
+            else:
+                for _ in range(rng.randint(3, 6)):
+                    if rng.random() < cfg.region_fraction:
+                        c = rng.choice(cities)
+                        facts.append(("region", rng.choice(REGION_TEMPLATES).format(
+                            c=c, r=REGION_OF_CITY[c])))
+                    else:
+                        entity = rng.choice(self.entities)  # (this draw order is the corpus)
+                        a = rng.choice(attributes)
+                        facts.append((a, self._fact(entity, a, rng)))
+            kept = [sentence for a, sentence in facts if a not in without]
+            if kept:
+                yield " ".join(kept)
 
     def records(self, attribute: str, split: str) -> list[dict[str, Any]]:
         """One record per entity of ``split`` (``train`` = task entities, ``eval`` = held-out):

@@ -165,7 +165,7 @@ def test_harness_reports_iou_from_the_private_mask(tiny_raw: dict[str, Any],
     assert set(results[results.metric == "estimated_rho"].release) == {
         "none", "test_shrunk_complement", "scratch"}
     # the release the adversary saw holds no mask; the private folder beside it does
-    release = out / "releases" / "test_shrunk_complement"
+    release = out / "releases" / "test_shrunk_complement-base0"
     assert not any("mask" in p.name for p in release.iterdir())
     assert (release.resolve().parent / "private" / MASK_FILE).exists()
 

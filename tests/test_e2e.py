@@ -47,7 +47,7 @@ def test_smoke_run_resume_and_invalidation(tiny_raw: dict[str, Any], tmp_path: P
                   "wall_s"):
         assert field in manifest
     assert manifest["packages"]["torch"] and manifest["hardware"]["cpu_count"]
-    assert (out / "releases" / "none" / "model.safetensors").exists()
+    assert (out / "releases" / "none-base0" / "model.safetensors").exists()
     assert (out / "lm_eval_tasks" / "nft_qa_city.yaml").exists()
     report = out / "report"  # every run ends by writing its report
     assert (report / "leaderboard.md").exists() and (report / "curves_qa_city.png").exists()

@@ -58,17 +58,14 @@ def two_cells_per_release(raw: dict[str, Any]) -> dict[str, Any]:
 class ThreadExecutor:
     """A fake executor: jobs sleep in threads; it records what ran beside what."""
 
-    def __init__(self, slots: int, exclusive_threads: int | None) -> None:
-        self.slots, self.exclusive_threads = slots, exclusive_threads
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
         self.pool = cf.ThreadPoolExecutor(slots)
         self.active: set[str] = set()
         self.overlaps: list[tuple[str, frozenset[str]]] = []
-        self.threads: dict[str, int | None] = {}
         self.lock = threading.Lock()
 
-    def submit(self, job: Job, threads: int | None = None) -> cf.Future[StageLog]:
-        self.threads[job.label] = threads
-
+    def submit(self, job: Job) -> cf.Future[StageLog]:
         def work() -> StageLog:
             with self.lock:
                 self.active.add(job.label)
@@ -86,17 +83,16 @@ class ThreadExecutor:
         self.pool.shutdown()
 
 
-def job(label: str, *deps: str, exclusive: bool = False) -> Job:
-    return Job("attack", label, label, {}, deps=tuple(f"attack:{d}" for d in deps),
-               exclusive=exclusive)
+def job(label: str, *deps: str) -> Job:
+    return Job("attack", label, label, {}, deps=tuple(f"attack:{d}" for d in deps))
 
 
-def test_schedule_respects_inputs_exclusivity_and_failures() -> None:
-    jobs = [job("tok"), job("base", "tok", exclusive=True), job("side", "tok"),
+def test_schedule_respects_inputs_and_failures() -> None:
+    jobs = [job("tok"), job("base", "tok"), job("side", "tok"),
             job("rel_a", "base"), job("rel_b", "base"), job("bad", "base"),
             job("cell_a", "rel_a"), job("cell_b", "rel_b"), job("after_bad", "bad"),
             job("after_after", "after_bad")]
-    executor = ThreadExecutor(slots=2, exclusive_threads=8)
+    executor = ThreadExecutor(slots=2)
     order: list[str] = []
     logs = schedule(jobs, executor, on_start=lambda j: order.append(j.label))
     executor.close()
@@ -104,9 +100,6 @@ def test_schedule_respects_inputs_exclusivity_and_failures() -> None:
         for d in j.deps:
             if j.label in order:
                 assert order.index(d.split(":")[1]) < order.index(j.label)
-    base_overlap = [active for label, active in executor.overlaps if label == "base"]
-    assert base_overlap == [frozenset({"base"})]  # the exclusive job ran alone
-    assert executor.threads["base"] == 8 and executor.threads["cell_a"] is None
     assert max(len(active) for _, active in executor.overlaps) == 2  # two slots were used
     assert logs["attack:bad"].status == "failed"
     for downstream in ("after_bad", "after_after"):  # not run, failed with the reason
@@ -195,8 +188,8 @@ def test_status_and_retry_failed(tiny_raw: dict[str, Any], tmp_path: Path) -> No
     run_dir = Path(tiny_raw["output_dir"])
     assert main(["run", str(config), "--quiet"]) == 3
     status = run_status(run_dir).set_index("label")
-    assert status.loc["test_flaky > none / qa_city / seed 0", "state"] == "failed"
-    assert "flaky" in status.loc["test_flaky > none / qa_city / seed 0", "reason"]
+    assert status.loc["test_flaky > none / base 0 / qa_city / seed 0", "state"] == "failed"
+    assert "flaky" in status.loc["test_flaky > none / base 0 / qa_city / seed 0", "reason"]
     assert (status.state == "failed").sum() == 2 and (status.state == "pending").sum() == 0
     assert (status.state == "done").sum() == len(status) - 2
 
@@ -210,7 +203,7 @@ def test_status_and_retry_failed(tiny_raw: dict[str, Any], tmp_path: Path) -> No
     # --retry-failed reruns exactly the failed cells
     assert main(["run", str(config), "--quiet", "--retry-failed"]) == 0
     computed = [s["label"] for s in manifest(tiny_raw)["stages"] if not s["cached"]]
-    assert sorted(computed) == ["test_flaky > none / qa_city / seed 0",
+    assert sorted(computed) == ["test_flaky > none / base 0 / qa_city / seed 0",
                                 "test_flaky > scratch / qa_city / seed 0"]
     assert set(run_status(run_dir).state) == {"done"}
     assert json.loads((run_dir / "failures.json").read_text()) == {}

@@ -270,7 +270,7 @@ def test_a_release_outside_the_allow_list_is_refused_on_save(tiny_raw: dict[str,
     tiny_raw["defenses"] = ["none", faulty("leak", "test_leaky_defense")]
     code, results = run(tiny_raw, tmp_path)
     assert code == 3
-    assert "mask.safetensors" in reason(tiny_raw, "defend", "test_leaky_defense")
+    assert "mask.safetensors" in reason(tiny_raw, "defend", "test_leaky_defense / base 0")
     assert not list((Path(tiny_raw["output_dir"]) / "store" / "defend").glob(
         "*/release/mask.safetensors"))  # nothing of it was stored
     assert set(failed_cells(results).release) == {"test_leaky_defense"}
@@ -383,11 +383,11 @@ def test_a_base_model_with_nan_weights_is_a_recorded_failure(tokenizer, tiny_raw
     code, results = run(tiny_raw, tmp_path)
     assert code == 3
     assert "non-finite weights in 1 tensors (model.layers.0.mlp.up_proj.weight: 3 NaN, 0 inf)" \
-        in reason(tiny_raw, "pretrain", "base")
+        in reason(tiny_raw, "pretrain", "base 0")
     cells = failed_cells(results)
     assert len(cells[cells.release == "none"]) == 1
     (why,) = set(cells[cells.release == "none"].reason)  # the root cause, two stages up
-    assert why.startswith("input pretrain 'base' failed: NonFiniteWeights")
+    assert why.startswith("input pretrain 'base 0' failed: NonFiniteWeights")
 
 
 def test_a_release_with_inf_weights_is_a_recorded_failure(tiny_raw: dict[str, Any],
@@ -395,10 +395,10 @@ def test_a_release_with_inf_weights_is_a_recorded_failure(tiny_raw: dict[str, An
     tiny_raw["defenses"] = ["none", faulty("inf", "test_inf_defense")]
     code, results = run(tiny_raw, tmp_path)
     assert code == 3
-    why = reason(tiny_raw, "defend", "test_inf_defense")
+    why = reason(tiny_raw, "defend", "test_inf_defense / base 0")
     assert "NonFiniteWeights" in why and "lm_head.weight: 0 NaN, 1 inf" in why
     (why,) = set(failed_cells(results).reason)
-    assert why.startswith("input defend 'test_inf_defense' failed: NonFiniteWeights")
+    assert why.startswith("input defend 'test_inf_defense / base 0' failed: NonFiniteWeights")
 
 
 def test_check_finite_names_the_tensors(tokenizer) -> None:

@@ -32,7 +32,7 @@ def test_lm_eval_cli_gives_the_reported_scores(tiny_raw: dict[str, Any], tmp_pat
 
     out = tmp_path / "lm_eval_out"
     cmd = [sys.executable, "-m", "lm_eval", "run", "--model", "hf",
-           "--model_args", f"pretrained={run / 'releases' / 'none'}", "--device", "cpu",
+           "--model_args", f"pretrained={run / 'releases' / 'none-base0'}", "--device", "cpu",
            "--include_path", str(run / "lm_eval_tasks"),
            "--tasks", "nft_recall_city,nft_qa_city,nft_qa_color", "--batch_size", "16",
            "--output_path", str(out)]

@@ -1,19 +1,34 @@
-"""Metrics on hand-made tables with known answers."""
+"""Metrics on hand-made tables with known answers: cells, and the intervals over bases and seeds
+(textbook values, planted variance components, Fieller's ratio interval)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from nftbench.engine import RESULT_COLUMNS, row
-from nftbench.metrics import bootstrap_ci, cell_summary, seed_summary
+from nftbench.metrics import (
+    cell_summary,
+    cell_table,
+    complete_grid,
+    components,
+    mean_interval,
+    ratio_interval,
+    relative_gain,
+    satterthwaite_df,
+    seed_summary,
+    utility,
+    variance_components,
+)
 
 
-def curve(release: str, seed: int, scores: list[float], status: str = "ok") -> list[dict]:
-    return [row(release=release, adversary="ft", task="qa", role="restricted", seed=seed,
-                step=10 * i, tokens=100 * i, flops=1e6 * i, metric="score", value=v,
-                status=status) for i, v in enumerate(scores)]
+def curve(release: str, seed: int, scores: list[float], status: str = "ok",
+          base: int | None = None, n_items: int | None = None) -> list[dict]:
+    return [row(release=release, base=base, adversary="ft", task="qa", role="restricted",
+                seed=seed, step=10 * i, tokens=100 * i, flops=1e6 * i, metric="score", value=v,
+                status=status, n_items=n_items) for i, v in enumerate(scores)]
 
 
 def table() -> pd.DataFrame:
@@ -23,14 +38,6 @@ def table() -> pd.DataFrame:
             + [row(release="none", adversary="ft", task="qa", role="restricted", seed=2,
                    metric="score", value=None, status="failed")])
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
-
-
-def test_bootstrap_ci() -> None:
-    lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0])
-    assert 1.0 <= lo < 2.5 < hi <= 4.0
-    assert bootstrap_ci([0.5]) == (0.5, 0.5)
-    assert all(np.isnan(bootstrap_ci([])))
-    assert bootstrap_ci([1.0, 2.0]) == bootstrap_ci([1.0, 2.0])  # deterministic
 
 
 def test_cell_summary_gain_and_status() -> None:
@@ -49,3 +56,111 @@ def test_seed_summary_counts_failed_and_diverged_apart() -> None:
     assert s.loc["scratch", "mean"] == pytest.approx(0.25)  # the diverged 0.9 is not averaged
     assert s.loc["scratch", "n_diverged"] == 1
     assert s.loc["none", "ci_low"] <= 0.85 <= s.loc["none", "ci_high"]
+
+
+def test_t_interval_on_three_values_is_the_textbook_one() -> None:
+    x = np.array([0.55, 0.84, 0.52])  # three bases, one seed each
+    est = mean_interval(x[:, None])
+    half = stats.t.ppf(0.975, 2) * x.std(ddof=1) / np.sqrt(3)
+    assert (est.mean, est.ci_low, est.ci_high) == pytest.approx((x.mean(), x.mean() - half,
+                                                                 x.mean() + half))
+    assert est.n_bases == 3 and est.n_seeds == 1
+    # the same three values as seeds of one base give the same interval
+    one_base = mean_interval(x[None, :])
+    assert (one_base.ci_low, one_base.ci_high) == pytest.approx((est.ci_low, est.ci_high))
+    # one cell: no spread to estimate, so no interval
+    assert np.isnan(mean_interval(np.array([[0.5]])).ci_low)
+
+
+def test_balanced_grid_variance_is_the_textbook_one() -> None:
+    """With no seed effect planted the estimate is the variance of the base means over B (the
+    classic two-stage result); item variance widens a final score's interval."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 0.2, size=(4, 1)) + rng.normal(0, 0.01, size=(4, 3))
+    comp = components(x[:, :, None])
+    var = comp["mean"][0, 0]
+    terms = comp["base"][0, 0] / 4 + comp["seed"][0, 0] / 3 + comp["resid"][0, 0] / 12
+    assert var == pytest.approx(terms)
+    assert var >= x.mean(axis=1).var(ddof=1) / 4 - 1e-12  # a seed effect can only add
+    # a known item variance with nothing else varying: the normal interval
+    flat = mean_interval(np.full((3, 2), 0.5), item_var=0.01)
+    assert (flat.ci_low, flat.ci_high) == pytest.approx((0.5 - 0.196, 0.5 + 0.196), abs=1e-3)
+    assert 1 <= satterthwaite_df(x) <= 11
+
+
+def test_planted_variance_components_are_recovered() -> None:
+    rng = np.random.default_rng(0)
+    b, s = 200, 60
+    x = (rng.normal(0, 0.20, (b, 1)) + rng.normal(0, 0.10, (1, s))
+         + rng.normal(0, 0.05, (b, s)))
+    comp = {k: float(v[0, 0]) for k, v in components(x[:, :, None]).items()}
+    assert comp["base"] == pytest.approx(0.04, rel=0.25)
+    assert comp["seed"] == pytest.approx(0.01, rel=0.5)
+    assert comp["resid"] == pytest.approx(0.0025, rel=0.1)
+
+
+def test_fieller_interval_solves_its_equation() -> None:
+    rng = np.random.default_rng(3)
+    den = 0.6 + rng.normal(0, 0.05, (3, 3))
+    num = 0.3 + 0.5 * (den - 0.6) + rng.normal(0, 0.03, (3, 3))
+    est = ratio_interval(num, den)
+    assert not est.undefined
+    assert est.mean == pytest.approx(num.mean() / den.mean())
+    assert est.ci_low < est.mean < est.ci_high
+    v = components(np.stack([num, den], axis=-1))["mean"]
+    t = stats.t.ppf(0.975, satterthwaite_df(num - est.mean * den))
+    for r in (est.ci_low, est.ci_high):  # each bound is a root of the Fieller quadratic
+        lhs = (num.mean() - r * den.mean()) ** 2
+        rhs = t**2 * (v[0, 0] - 2 * r * v[0, 1] + r**2 * v[1, 1])
+        assert lhs == pytest.approx(rhs, rel=1e-6)
+
+
+def test_ratio_undefined_when_denominator_is_within_noise_or_negative() -> None:
+    rng = np.random.default_rng(4)
+    noisy = rng.normal(0.02, 0.1, (3, 3))
+    assert "within noise" in ratio_interval(noisy + 0.3, noisy, min_gap=0.0).undefined
+    small = np.full((3, 3), 0.03) + rng.normal(0, 1e-4, (3, 3))
+    assert "within noise" in ratio_interval(small, small, min_gap=0.05).undefined
+    negative = -0.4 + rng.normal(0, 0.02, (3, 3))
+    assert ratio_interval(negative, negative).undefined.startswith("negative transfer")
+
+
+def test_complete_grid_drops_a_failed_seed_from_every_base() -> None:
+    idx = pd.MultiIndex.from_tuples([(0, 0), (0, 1), (1, 0), (1, 1)], names=["base", "seed"])
+    wide = pd.DataFrame({"v": [1.0, 2.0, 3.0, np.nan]}, index=idx)
+    assert list(complete_grid(wide).index) == [(0, 0), (1, 0)]
+
+
+def based_table() -> pd.DataFrame:
+    """3 bases x 2 seeds; the defense halves none's gain over scratch on every base."""
+    rows = []
+    for b, level in enumerate([0.9, 0.6, 0.75]):
+        for s in range(2):
+            rows += curve("none", s, [0.1, level + 0.01 * s], base=b, n_items=200)
+            rows += curve("def", s, [0.1, (level + 0.01 * s + 0.2) / 2], base=b, n_items=200)
+        rows.append(row(release="none", base=b, adversary="-", task="cap", role="capability",
+                        step=0, metric="score", value=0.9 + 0.02 * b))
+        rows.append(row(release="def", base=b, adversary="-", task="cap", role="capability",
+                        step=0, metric="score", value=0.45 + 0.01 * b))
+    for s in range(2):
+        rows += curve("scratch", s, [0.1, 0.2], n_items=200)
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def test_relative_gain_pairs_bases_and_scratch_by_seed() -> None:
+    cells = cell_table(based_table())
+    rg = relative_gain(cells, "def", "ft", "qa")
+    assert rg.mean == pytest.approx(0.5) and rg.n_bases == 3 and rg.n_seeds == 2
+    # exact proportionality on every base: the paired interval is tight around 0.5
+    assert rg.ci_low == pytest.approx(0.5, abs=1e-6) and rg.ci_high == pytest.approx(0.5,
+                                                                                     abs=1e-6)
+    util = utility(based_table()).set_index("release")
+    assert util.loc["def", "retention"] == pytest.approx(0.46 / 0.92)
+    assert util.loc["def", "n_bases"] == 3
+
+
+def test_variance_components_table_sees_the_base_effect() -> None:
+    comp = variance_components(based_table()).set_index("release")
+    none = comp.loc["none"]
+    assert none.share_base > 0.9 and none.n_bases == 3 and none.n_items == 200
+    assert none.var_items == pytest.approx(0.76 * 0.24 / 200, rel=0.05)
