@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= configs/default.yaml
+# one worker per core: every stage runs on one torch thread (the configs' `threads: 1`), so
+# stages, not threads, share the cores
+WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 ARGS   ?=
 STAMP   = $(VENV)/.installed
 
@@ -24,10 +27,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/nftbench run $(CONFIG) $(ARGS)
+	$(BIN)/nftbench run $(CONFIG) --workers $(WORKERS) $(ARGS)
 
 smoke: $(STAMP)
-	$(BIN)/nftbench run configs/smoke.yaml
+	$(BIN)/nftbench run configs/smoke.yaml --workers $(WORKERS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -172,7 +172,13 @@ class RayExecutor:
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         threads = spec.threads or 1
         self.slots = workers or gpus or max(1, cpus // threads)
-        self._actor_cls = ray.remote(num_cpus=threads, num_gpus=1 if gpus else 0)(StageActor)
+        # Reserve each actor's share of the cluster for placement (the stage still runs with
+        # the config's threads): actors that asked for more CPUs than exist would never start.
+        reserve = min(float(threads), cpus / self.slots)
+        if reserve < threads:
+            log.warning("ray: %d actors x %d threads on %d CPUs: the actors will wait on each "
+                        "other", self.slots, threads, cpus)
+        self._actor_cls = ray.remote(num_cpus=reserve, num_gpus=1 if gpus else 0)(StageActor)
         self._spec = spec
         self._actors = [self._actor_cls.remote(spec) for _ in range(self.slots)]
         self._busy: dict[int, cf.Future[StageLog]] = {}

@@ -67,6 +67,7 @@ class StageLog:
     started: float | None = None  # epoch seconds, on the worker
     finished: float | None = None
     dispatch_s: float | None = None  # driver's submit-to-result time minus the worker's time
+    threads: int | None = None  # torch threads the stage ran with
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ class StageWorker:
                               status="failed", error=tb, reason=failure_reason(err),
                               worker=self.whoami)
         result.started, result.finished = started, time.time()
+        result.threads = torch.get_num_threads()
         return result
 
     def _run(self, job: Job) -> StageLog:

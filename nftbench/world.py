@@ -74,7 +74,7 @@ class WorldConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = Field(0, description="seed of names, facts, corpus and entity splits")
-    n_entities: int = Field(300, ge=8, le=5000, description="number of entities")
+    n_entities: int = Field(150, ge=8, le=5000, description="number of entities")
     task_fraction: float = Field(
         1 / 3, gt=0, lt=1,
         description="fraction of entities whose facts may appear in tasks' train splits; "

@@ -41,7 +41,7 @@ def test_misspelled_top_level_field(tiny_raw: dict[str, Any]) -> None:
 def test_unknown_defense_lists_known(tiny_raw: dict[str, Any]) -> None:
     tiny_raw["defenses"] = ["pmpp"]
     msg = errors_of(tiny_raw)
-    assert "defenses[0].name = 'pmpp'" in msg and "known defenses: filtered, none" in msg
+    assert "defenses[0].name = 'pmpp'" in msg and "known defenses: external, filtered, none" in msg
 
 
 def test_wrong_type_names_value(tiny_raw: dict[str, Any]) -> None:

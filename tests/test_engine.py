@@ -21,6 +21,7 @@ import yaml
 
 from adversaries.finetune import FullFineTune
 from nftbench.cli import main
+from nftbench.config import ConfigError, resolve
 from nftbench.engine import run_status
 from nftbench.executors import schedule
 from nftbench.plan import Job
@@ -291,17 +292,25 @@ def test_two_runs_on_one_store_compute_each_stage_once(tiny_raw: dict[str, Any],
     pd.testing.assert_frame_equal(results(configs[0][0]), results(configs[1][0]))
 
 
+def ran_with(raw: dict[str, Any]) -> set[int]:
+    """The torch thread counts the stages of a run ran with."""
+    return {s["threads"] for s in manifest(raw)["stages"] if not s["cached"]}
+
+
 def test_process_pool_gives_the_sequential_table(tiny_raw: dict[str, Any],
                                                  tmp_path: Path) -> None:
     raw = two_cells_per_release(tiny_raw)
+    raw["threads"] = 2  # the config's count, whichever executor runs the stage
     seq = write_config(raw, tmp_path / "seq.yaml")
     assert main(["run", str(seq), "--quiet"]) == 0
+    assert ran_with(raw) == {2}
     pooled = dict(raw, output_dir=str(tmp_path / "pool"))
     assert main(["run", str(write_config(pooled, tmp_path / "pool.yaml")), "--quiet",
                  "--workers", "2"]) == 0
     m = manifest(pooled)
     assert m["execution"]["executor"] == "pool" and m["execution"]["workers"] == 2
     assert not any(s["cached"] for s in m["stages"])
+    assert ran_with(pooled) == {2}
     pd.testing.assert_frame_equal(results(raw), results(pooled))
 
 
@@ -309,6 +318,7 @@ def test_ray_executor_runs_a_small_matrix_on_a_local_instance(tiny_raw: dict[str
                                                               tmp_path: Path) -> None:
     pytest.importorskip("ray")
     raw = two_cells_per_release(tiny_raw)
+    raw["threads"] = 2
     seq = write_config(raw, tmp_path / "seq.yaml")
     assert main(["run", str(seq), "--quiet"]) == 0
     on_ray = dict(raw, output_dir=str(tmp_path / "ray"))
@@ -319,6 +329,7 @@ def test_ray_executor_runs_a_small_matrix_on_a_local_instance(tiny_raw: dict[str
     assert m["execution"]["executor"] == "ray"
     pids = {int(s["worker"].split(":")[1]) for s in m["stages"]}
     assert proc.pid not in pids and len(pids) >= 1  # every stage ran in an actor
+    assert ran_with(on_ray) == {2}
     pd.testing.assert_frame_equal(results(raw), results(on_ray))
 
 
@@ -329,3 +340,37 @@ def test_bad_executor_arguments_are_refused_before_anything_is_written(
     config = write_config(tiny_raw, tmp_path / "m.yaml")
     assert main(["run", str(config), "--quiet", *args]) == 2
     assert not Path(tiny_raw["output_dir"]).exists()
+
+
+# -- bases -----------------------------------------------------------------------------------
+
+
+def test_bases_are_an_axis_with_stable_keys(tiny_raw: dict[str, Any], tmp_path: Path) -> None:
+    """Every defense on every base; scratch once per seed; adding a base changes no key of
+    the first base's stages, and a rerun with the new base computes only its stages."""
+    one = write_config(tiny_raw, tmp_path / "one.yaml")
+    assert main(["run", str(one), "--quiet"]) == 0
+    first = {s["key"] for s in manifest(tiny_raw)["stages"]}
+    two = dict(tiny_raw, pretrain=dict(tiny_raw["pretrain"], seeds=[0, 1]))
+    assert main(["run", str(write_config(two, tmp_path / "two.yaml")), "--quiet"]) == 0
+    stages = manifest(two)["stages"]
+    assert first <= {s["key"] for s in stages}
+    computed = sorted(s["label"] for s in stages if not s["cached"])
+    assert computed == ["base 1", "full_ft > none / base 1 / qa_city / seed 0",
+                        "none / base 1", "none / base 1"]  # pretrain, attack, defend, utility
+    table = results(two)
+    assert set(table[table.release == "none"].base) == {0, 1}
+    assert table[table.release == "scratch"].base.isna().all()
+    status = run_status(two["output_dir"]).set_index("label")
+    assert status.loc["base 1", "state"] == "done"
+    assert sorted(p.name for p in (Path(two["output_dir"]) / "releases").iterdir()) == [
+        "none-base0", "none-base1", "scratch-seed0"]
+
+
+def test_a_hub_model_used_as_is_has_one_base(tiny_raw: dict[str, Any]) -> None:
+    raw = dict(tiny_raw, pretrain=dict(tiny_raw["pretrain"], steps=0, seeds=[0, 1]))
+    with pytest.raises(ConfigError, match="one base"):
+        resolve(raw)
+    raw["pretrain"]["seeds"] = [0, 0]
+    with pytest.raises(ConfigError, match="repeat"):
+        resolve(raw)
