@@ -57,12 +57,13 @@ def main() -> None:
     load_plugins()
     alphas = [float(a) for a in args.alphas.split(",")]
     filtered = f"{{name: filtered, params: {{attributes: [{args.attribute}]}}}}"
-    source = load_config(args.config, [*args.override, f"defenses=[none, {filtered}]"])
+    out = Path(args.out).resolve()
+    source = load_config(args.config, [*args.override, f"defenses=[none, {filtered}]",
+                                       "name=power_source", f"output_dir={out}/source"])
     runner = Runner(source, progress=False, workers=args.workers)
     runner.run()
     releases = {(j.args["defense"], j.args["base_seed"]): runner.store.path(j.kind, j.key)
                 / "release" for j in runner.plan if j.kind == "defend"}
-    out = Path(args.out).resolve()
     spec = source.config.model
     for alpha in alphas:
         for base in source.config.pretrain.bases:

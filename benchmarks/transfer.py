@@ -45,7 +45,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     load_plugins()
-    overrides = ["defenses=[none]", *args.override]
+    # its own run folder (the store stays shared), so runs/<name> of the config is untouched
+    overrides = ["defenses=[none]", "name=transfer", "output_dir=runs/transfer", *args.override]
     if args.bases:
         overrides.append(f"pretrain.seeds={list(range(args.bases))}")
     matrix = load_config(args.config, overrides)

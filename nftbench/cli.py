@@ -63,9 +63,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(run_dir / "run.log", args.quiet)
     log = logging.getLogger("nftbench")
     m = matrix
-    log.info("run %s: %d defenses x %d adversaries x %d restricted tasks x %d seeds -> %s",
-             m.config.name, len(m.defenses), len(m.adversaries), len(m.restricted_tasks),
-             len(m.config.seeds), run_dir)
+    log.info("run %s: %d bases x %d defenses x %d adversaries x %d restricted tasks x %d "
+             "seeds -> %s", m.config.name, len(m.config.pretrain.bases), len(m.defenses),
+             len(m.adversaries), len(m.restricted_tasks), len(m.config.seeds), run_dir)
     try:
         runner = Runner(matrix, progress=not args.quiet, executor=args.executor,
                         workers=args.workers, address=args.address,

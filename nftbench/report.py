@@ -336,8 +336,10 @@ def _components_table(c: pd.DataFrame) -> pd.DataFrame:
     out["bases x seeds x items"] = [f"{b} x {s} x {i if i is not None else '?'}" for b, s, i in
                                     zip(c.n_bases, c.n_seeds, c.n_items, strict=True)]
     for p in parts:
-        out[p] = [f"{v:.4f} ({sh:.0%})" if not np.isnan(sh) else f"{v:.4f}"
-                  for v, sh in zip(c[f"var_{p}"], c[f"share_{p}"], strict=True)]
+        out[p] = ["–" if (p in ("base", "base x seed") and b < 2) or (p == "seed" and s < 2)
+                  else f"{v:.4f} ({sh:.0%})" if not np.isnan(sh) else f"{v:.4f}"
+                  for v, sh, b, s in zip(c[f"var_{p}"], c[f"share_{p}"], c.n_bases, c.n_seeds,
+                                         strict=True)]
     out["se"] = c.se_mean.map(lambda x: f"{x:.3f}")
     return out
 
