@@ -71,7 +71,7 @@ def kernel_path(threads: int | None = None) -> dict[str, Any]:
     same packages) give bit-identical numbers; any difference makes them agree only
     statistically (README, "Reproducing results")."""
     parallel = torch.__config__.parallel_info().splitlines()
-    mkl = next((line.split("Version", 1)[1].strip() for line in parallel
+    mkl = next((line.split("Version", 1)[1].split(" for ")[0].strip() for line in parallel
                 if "Math Kernel Library Version" in line), None)
     flags = set((_cpuinfo("flags") or "").split())
     return {"cpu_model": cpu_model(),

@@ -272,52 +272,50 @@ def write_tables(board: pd.DataFrame, worst: pd.DataFrame, folder: Path,
         md += [f"**Warning**: {len(few)} of {len(board)} rows rest on fewer than "
                f"{cfg.min_bases} bases or {cfg.min_seeds} seeds (marked (!)); their intervals "
                "cover only the variation those units sample.", ""]
+    extra: list[Path] = []
+
+    def section(title: str, text: str, shown: str, data: pd.DataFrame, name: str) -> None:
+        """A titled table in leaderboard.md, its data in ``name``."""
+        md.extend([f"## {title}", "", text, "", shown, ""])
+        data.to_csv(folder / name, index=False)
+        extra.append(folder / name)
+
     components = variance_components(results) if results is not None else pd.DataFrame()
     if len(components):
-        md += ["## Variance components", "",
-               "Where the uncertainty of a final score comes from, per release, adversary and "
-               "task: the variance of one cell's score across bases (pre-training runs), across "
-               "attack seeds, their interaction (and noise), and the eval items' binomial "
-               "variance p(1-p)/n; shares of their sum; se: the standard error of the mean at "
-               "this run's design. A large base share means more bases, not more seeds, "
-               "narrow the intervals.", "",
-               _components_table(components).to_markdown(index=False,
-                                                         disable_numparse=True), ""]
-        components.to_csv(folder / "variance_components.csv", index=False)
+        section("Variance components",
+                "Where the uncertainty of a final score comes from, per release, adversary and "
+                "task: the variance of one cell's score across bases (pre-training runs), "
+                "across attack seeds, their interaction (and noise), and the eval items' "
+                "binomial variance p(1-p)/n; shares of their sum; se: the standard error of "
+                "the mean at this run's design. A large base share means more bases, not more "
+                "seeds, narrow the intervals.",
+                _components_table(components).to_markdown(index=False, disable_numparse=True),
+                components, "variance_components.csv")
     md += ["## Worst case per defense and task", "",
            f"Worst adversary by RG, and the worst whose capability drop is at most "
            f"{cfg.epsilon:g}.", "",
            worst.to_markdown(index=False, floatfmt=".2f"), ""]
-    extra: list[Path] = []
     rgs = rg_table(board)
     if len(rgs):
-        md += ["## RG final by defense", "",
-               "One row per defense: utility retention, then RG final [95% CI] per adversary / "
-               "task (the leaderboard's numbers, laid out for a paper).", "",
-               rgs.to_markdown(index=False, disable_numparse=True), ""]
-        rgs.to_csv(folder / "rg_table.csv", index=False)
-        extra.append(folder / "rg_table.csv")
+        section("RG final by defense",
+                "One row per defense: utility retention, then RG final [95% interval] per "
+                "adversary / task (the leaderboard's numbers, laid out for a paper).",
+                rgs.to_markdown(index=False, disable_numparse=True), rgs, "rg_table.csv")
     owner = authorized_table(results, cfg) if results is not None else pd.DataFrame()
     if len(owner):
-        md += ["## Authorized tuning", "",
-               "The owner fine-tuning its release with its private artifacts (PMP: only the "
-               "masked elements move), under the recipe of the attack beside it. These rows "
-               "are marked `authorized` and enter no attack metric.", "",
-               owner.to_markdown(index=False, disable_numparse=True), ""]
-        owner.to_csv(folder / "authorized.csv", index=False)
-        extra.append(folder / "authorized.csv")
+        section("Authorized tuning",
+                "The owner fine-tuning its release with its private artifacts (PMP: only the "
+                "masked elements move), under the recipe of the attack beside it. These rows "
+                "are marked `authorized` and enter no attack metric.",
+                owner.to_markdown(index=False, disable_numparse=True), owner, "authorized.csv")
     diag = mask_diagnostics(results) if results is not None else pd.DataFrame()
     if len(diag):
-        md += ["## Private-mask diagnostics", "",
-               "Mean over seeds. update_share_ticket: share of the attack's update (squared L2 "
-               "norm, against the release) on the private mask's elements; an update spread "
-               "evenly would score ticket_fraction. mask_iou: the adaptive attacker's guess "
-               "against the private mask.", "",
-               diag.to_markdown(index=False, floatfmt=".3f"), ""]
-        diag.to_csv(folder / "mask_diagnostics.csv", index=False)
-        extra.append(folder / "mask_diagnostics.csv")
-    if len(components):
-        extra.append(folder / "variance_components.csv")
+        section("Private-mask diagnostics",
+                "Mean over seeds. update_share_ticket: share of the attack's update (squared L2 "
+                "norm, against the release) on the private mask's elements; an update spread "
+                "evenly would score ticket_fraction. mask_iou: the adaptive attacker's guess "
+                "against the private mask.",
+                diag.to_markdown(index=False, floatfmt=".3f"), diag, "mask_diagnostics.csv")
     paths = [folder / "leaderboard.md", folder / "leaderboard.csv", folder / "leaderboard.tex",
              folder / "worst_case.csv", *extra]
     paths[0].write_text("\n".join(md))
