@@ -14,9 +14,11 @@ are sampled: a base is a draw of pre-training randomness, a seed a draw of the a
 order and initialization, and a seed is shared across bases (the same seed gives the same data
 order on every base, and scratch depends on the seed alone). So a number is modelled as a
 crossed random-effects design, ``y[b, s] = mu + base_b + seed_s + e_bs``, and the variance of its
-grand mean is estimated from the two-way ANOVA mean squares (negative components set to 0),
-``var = s2_base / B + s2_seed / S + s2_resid / (B S)``, with Satterthwaite's degrees of freedom
-and a t quantile. That keeps nominal coverage at 3 bases, where a percentile bootstrap over 3
+grand mean is estimated from the two-way ANOVA mean squares. Without a seed effect that is the
+variance of the base means over B, a t interval with B - 1 degrees of freedom (exact for normal
+errors); the seed component (one degree of freedom at 2 seeds) is added only when an F test at
+level 0.25 finds it (Bancroft's "sometimes pool" rule), with Satterthwaite's degrees of freedom
+for the sum. That keeps nominal coverage at 3 bases, where a percentile bootstrap over 3
 values covers about 76% (../shared/research/STATISTICS.md; ``benchmarks/coverage.py``
 simulates it at the default design). Final scores add the eval items' binomial variance
 ``p (1 - p) / n_items`` (the eval set is a sample too); differences and ratios are paired on the
@@ -38,8 +40,9 @@ from scipy import stats
 CELL = ["release", "base", "adversary", "task", "seed"]
 NONE, SCRATCH = "none", "scratch"
 NO_BASE = -1  # grid index of scratch cells (scratch has no pre-training run)
-METHOD = ("crossed random effects (bases x seeds), Satterthwaite t; ratios by Fieller; "
-          "final scores add the items' binomial variance")
+METHOD = ("t over bases (crossed bases x seeds; the seed component kept when an F test finds "
+          "it, Satterthwaite df); ratios by Fieller; final scores add the items' binomial "
+          "variance")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,23 +90,45 @@ def components(x: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def satterthwaite_df(x: np.ndarray) -> float:
-    """Degrees of freedom of the grand mean's variance estimate for one quantity ``x`` [B, S]:
-    Satterthwaite's approximation over the mean squares it combines."""
-    b, s = x.shape
+POOL_ALPHA = 0.25  # Bancroft's "sometimes pool" level for the seed component's F test
+
+
+def _seed_kept(ms_s: float, ms_e: float, b: int, s: int) -> bool:
+    """Keep the seed component only when an F test at ``POOL_ALPHA`` finds it. With 2 seeds it
+    has one degree of freedom; kept on noise, it collapses Satterthwaite's degrees of freedom
+    and over-covers (``benchmarks/coverage.py``), so it is pooled unless the data show it."""
+    if ms_e <= 0:
+        return ms_s > 0
+    return ms_s / ms_e > stats.f.ppf(1 - POOL_ALPHA, s - 1, (b - 1) * (s - 1))
+
+
+def mean_covariance(x: np.ndarray, weights: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, float]:
+    """Covariance [k, k] of the grand mean of ``x`` [B, S, k] (k paired quantities) and the
+    degrees of freedom of its estimate for the quantity ``x @ weights`` (default: the first).
+
+    Without a seed effect the variance of the grand mean is that of the base means over B,
+    ``MS_base / (B S)``, a t with B - 1 degrees of freedom that is exact for normal errors (the
+    textbook two-stage result). A seed effect found by the F test adds
+    ``(MS_seed - MS_resid) / (B S)`` and Satterthwaite's degrees of freedom for the sum. With one
+    base (or one seed) the level that varies carries all the variation."""
+    b, s, k = x.shape
+    w = np.eye(k)[0] if weights is None else np.asarray(weights, float)
     if b * s <= 1:
-        return float("nan")
-    if b == 1 or s == 1:
-        return float(b * s - 1)
-    ms_b, ms_s, ms_e = (float(m[0, 0]) for m in _mean_squares(x[:, :, None]))
-    # the estimate as sum(c_i * MS_i) / (B S), with the components that were kept
-    c_b = 1.0 if ms_b > ms_e else 0.0
-    c_s = 1.0 if ms_s > ms_e else 0.0
-    c_e = 1.0 - c_b - c_s
-    terms = [(c_b * ms_b, b - 1), (c_s * ms_s, s - 1), (c_e * ms_e, (b - 1) * (s - 1))]
-    num = sum(t for t, _ in terms) ** 2
+        return np.full((k, k), np.nan), float("nan")
+    ms_b, ms_s, ms_e = _mean_squares(x)
+    if s == 1:
+        return ms_b / b, float(b - 1)
+    if b == 1:
+        return ms_s / s, float(s - 1)
+    zb, zs, ze = (float(w @ m @ w) for m in (ms_b, ms_s, ms_e))
+    if not _seed_kept(zs, ze, b, s):
+        return ms_b / (b * s), float(b - 1)
+    cov = (ms_b + _psd(ms_s - ms_e)) / (b * s)
+    terms = [(zb, b - 1), (zs, s - 1), (-ze, (b - 1) * (s - 1))]
     den = sum(t * t / d for t, d in terms)
-    return float(np.clip(num / den, 1.0, 1e6)) if den > 0 else 1e6
+    df = (zb + zs - ze) ** 2 / den if den > 0 else 1e6
+    return cov, float(np.clip(df, 1.0, 1e6))
 
 
 @dataclass
@@ -134,8 +159,8 @@ def mean_interval(x: np.ndarray, level: float = 0.95, item_var: float = 0.0) -> 
     if b * s == 1:  # one cell: no spread to estimate (only the items', where known)
         return _t_interval(m, item_var, 1e6, level, b, s) if item_var > 0 \
             else Estimate(m, float("nan"), float("nan"), b, s)
-    var = float(components(x[:, :, None])["mean"][0, 0])
-    df = satterthwaite_df(x)
+    cov, df = mean_covariance(x[:, :, None])
+    var = float(cov[0, 0])
     if item_var > 0:  # Satterthwaite with a known term
         df = (var + item_var) ** 2 / (var**2 / df) if var > 0 else 1e6
         var += item_var
@@ -162,9 +187,10 @@ def ratio_interval(num: np.ndarray, den: np.ndarray, level: float = 0.95,
                             undefined=f"{what} = {d_bar:.3f} is within noise (one cell: "
                             "no interval)")
         return Estimate(n_bar / d_bar, float("nan"), float("nan"), b, s)
-    v = components(np.stack([num, den], axis=-1))["mean"]  # 2 x 2: var(N), cov, var(D)
     r_hat = n_bar / d_bar if d_bar != 0 else 0.0
-    t = stats.t.ppf(0.5 + level / 2, satterthwaite_df(num - r_hat * den))
+    # 2 x 2: var(N), cov, var(D); pooling and df decided for the pivot N - r D
+    v, df = mean_covariance(np.stack([num, den], axis=-1), np.array([1.0, -r_hat]))
+    t = stats.t.ppf(0.5 + level / 2, df)
     half = t * np.sqrt(max(v[1, 1], 0.0))
     d_lo, d_hi = d_bar - half, d_bar + half
     if d_hi < 0:
