@@ -18,6 +18,9 @@ allocator, not torch's tensors, so it would report almost nothing.)
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 import json
 import os

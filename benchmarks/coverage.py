@@ -25,6 +25,9 @@ What is planted (one restricted task, one adversary; numbers are scores in [0, 1
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 from dataclasses import dataclass
 

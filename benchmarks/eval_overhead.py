@@ -9,6 +9,9 @@ the whole cell (loading, training, evaluation, saving), training alone, evaluati
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 import json
 import logging

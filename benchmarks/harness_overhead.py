@@ -9,6 +9,9 @@ so that machine noise hits both alike; the table shows medians and the ratio.
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 import random
 import statistics

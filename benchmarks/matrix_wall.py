@@ -15,6 +15,9 @@ with ``runs/``. Nothing else should run on the machine meanwhile.
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 import json
 import subprocess

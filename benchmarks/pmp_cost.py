@@ -9,6 +9,9 @@ medians and the ratios; Stage II alone is read from PMP's own progress (steps ar
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 import statistics
 import tempfile

@@ -17,6 +17,9 @@ should fall monotonically from 1 (alpha 0, the undefended base) towards that of 
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 import logging
 from pathlib import Path

@@ -11,6 +11,9 @@ matrix. Used to choose the embedded world's defaults (README, "The embedded worl
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 import json
 import time

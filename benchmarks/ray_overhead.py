@@ -13,6 +13,9 @@ sending the job, returning the log. Also shown: how long after launch the first 
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 import json
 import subprocess

@@ -17,6 +17,9 @@ utility retention) both runs' values and whether their intervals overlap.
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 import json
 import os

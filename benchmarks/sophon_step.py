@@ -10,6 +10,9 @@ allocated; CPU: peak RSS). Prints a table with the ratio outer step / plain step
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 import json
 import statistics

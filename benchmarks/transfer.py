@@ -12,6 +12,9 @@ separated. ``--bases N`` sets ``pretrain.seeds`` to 0..N-1.
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import argparse
 import logging
 import sys

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from nftbench.plan import Job
+from nftbench.threads import MARKER, POLICY_VARIABLES
 from nftbench.worker import StageLog, StageWorker, WorkerSpec
 
 log = logging.getLogger("nftbench")
@@ -178,7 +179,11 @@ class RayExecutor:
         if reserve < threads:
             log.warning("ray: %d actors x %d threads on %d CPUs: the actors will wait on each "
                         "other", self.slots, threads, cpus)
-        self._actor_cls = ray.remote(num_cpus=reserve, num_gpus=1 if gpus else 0)(StageActor)
+        # the driver's OpenMP wait policy, also for actors on a cluster that did not inherit
+        # this process's environment (nftbench/threads.py)
+        policy = {v: os.environ[v] for v in (*POLICY_VARIABLES, MARKER) if v in os.environ}
+        self._actor_cls = ray.remote(num_cpus=reserve, num_gpus=1 if gpus else 0,
+                                     runtime_env={"env_vars": policy})(StageActor)
         self._spec = spec
         self._actors = [self._actor_cls.remote(spec) for _ in range(self.slots)]
         self._busy: dict[int, cf.Future[StageLog]] = {}

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+import nftbench
 from nftbench.store import content_key
+from nftbench.threads import openmp_runtime
 
 if TYPE_CHECKING:
     from nftbench.config import Matrix
@@ -82,7 +84,9 @@ def kernel_path(threads: int | None = None) -> dict[str, Any]:
             "parallel_backend": next((line.split(":", 1)[1].strip() for line in parallel
                                       if line.startswith("ATen parallel backend")), None),
             "threads": threads if threads is not None else torch.get_num_threads(),
-            "environment": {v: os.environ[v] for v in THREAD_VARIABLES if v in os.environ}}
+            "environment": {v: os.environ[v] for v in THREAD_VARIABLES if v in os.environ},
+            "openmp_runtime": openmp_runtime(),
+            "wait_policy": nftbench.WAIT_POLICY}
 
 
 def hardware(threads: int | None = None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+import nftbench
 from nftbench.api import AttackContext, DefenseContext, Release
 from nftbench.config import Matrix, resolve
 from nftbench.data import corpus_batches, pack_corpus
@@ -44,6 +45,7 @@ from nftbench.models import (
 from nftbench.plan import Job
 from nftbench.registry import load_plugins
 from nftbench.store import Store
+from nftbench.threads import openmp_runtime
 from nftbench.train import train
 from nftbench.world import World
 
@@ -68,6 +70,7 @@ class StageLog:
     finished: float | None = None
     dispatch_s: float | None = None  # driver's submit-to-result time minus the worker's time
     threads: int | None = None  # torch threads the stage ran with
+    wait_policy: dict[str, Any] | None = None  # the worker's OpenMP wait policy and runtime
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class StageWorker:
         self.task_data = {t.label: {s: t.plugin.examples(s, self.world) for s in t.plugin.splits}
                           for t in matrix.tasks}
         self.whoami = f"{socket.gethostname()}:{os.getpid()}"
+        self.wait_policy = {**nftbench.WAIT_POLICY, "runtime": openmp_runtime()}
         self._evaluator: Evaluator | None = None
         self._tokenizer: Any = None
         self._corpus: torch.Tensor | None = None
@@ -181,6 +185,7 @@ class StageWorker:
                               worker=self.whoami)
         result.started, result.finished = started, time.time()
         result.threads = torch.get_num_threads()
+        result.wait_policy = self.wait_policy
         return result
 
     def _run(self, job: Job) -> StageLog:

@@ -57,7 +57,7 @@ QA_TEMPLATES: dict[str, list[str]] = {
     "city": ["question : which city is home to {e} ? answer : {v} ."],
     "color": ["question : what is the favorite color of {e} ? answer : {v} ."],
     "food": ["question : which food does {e} like best ? answer : {v} ."],
-    "pet": ["question : what pet does {e} have ? answer : a {v} ."],
+    "pet": ["question : what pet does {e} have ? answer : {v} ."],
 }
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr",
@@ -122,7 +122,9 @@ class World:
 
     @cached_property
     def fingerprint(self) -> str:
-        payload = json.dumps([self.config.model_dump(), self.facts], sort_keys=True)
+        # the sentence forms are part of the corpus: editing one must change every key
+        forms = [ATTRIBUTE_VALUES, CORPUS_TEMPLATES, REGION_TEMPLATES, QA_TEMPLATES]
+        payload = json.dumps([self.config.model_dump(), self.facts, forms], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def _fact(self, entity: str, attribute: str, rng: random.Random) -> str:

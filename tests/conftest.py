@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+
+# isort: split
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

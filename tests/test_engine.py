@@ -27,6 +27,7 @@ from nftbench.executors import schedule
 from nftbench.plan import Job
 from nftbench.registry import register_adversary
 from nftbench.store import Store
+from nftbench.threads import MARKER, POLICY_VARIABLES, WAIT_POLICY
 from nftbench.worker import StageLog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,13 +298,22 @@ def ran_with(raw: dict[str, Any]) -> set[int]:
     return {s["threads"] for s in manifest(raw)["stages"] if not s["cached"]}
 
 
-def test_process_pool_gives_the_sequential_table(tiny_raw: dict[str, Any],
-                                                 tmp_path: Path) -> None:
+def wait_policies(raw: dict[str, Any]) -> set[tuple[str, str, bool]]:
+    """(source, GOMP_SPINCOUNT, effective) of the OpenMP wait policy of every stage's worker."""
+    return {(s["wait_policy"]["source"], s["wait_policy"]["variables"].get("GOMP_SPINCOUNT"),
+             s["wait_policy"]["effective"]) for s in manifest(raw)["stages"]}
+
+
+def test_process_pool_gives_the_sequential_table(tiny_raw: dict[str, Any], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     raw = two_cells_per_release(tiny_raw)
     raw["threads"] = 2  # the config's count, whichever executor runs the stage
     seq = write_config(raw, tmp_path / "seq.yaml")
     assert main(["run", str(seq), "--quiet"]) == 0
     assert ran_with(raw) == {2}
+    # spawned workers set the wait policy themselves, before torch loads...
+    for var in (*POLICY_VARIABLES, MARKER):
+        monkeypatch.delenv(var, raising=False)
     pooled = dict(raw, output_dir=str(tmp_path / "pool"))
     assert main(["run", str(write_config(pooled, tmp_path / "pool.yaml")), "--quiet",
                  "--workers", "2"]) == 0
@@ -311,7 +321,15 @@ def test_process_pool_gives_the_sequential_table(tiny_raw: dict[str, Any],
     assert m["execution"]["executor"] == "pool" and m["execution"]["workers"] == 2
     assert not any(s["cached"] for s in m["stages"])
     assert ran_with(pooled) == {2}
+    assert wait_policies(pooled) == {("nftbench", WAIT_POLICY["GOMP_SPINCOUNT"], True)}
     pd.testing.assert_frame_equal(results(raw), results(pooled))
+    # ... and keep the user's own
+    monkeypatch.setenv("GOMP_SPINCOUNT", "500")
+    mine = dict(raw, output_dir=str(tmp_path / "mine"))
+    assert main(["run", str(write_config(mine, tmp_path / "mine.yaml")), "--quiet",
+                 "--workers", "2"]) == 0
+    assert wait_policies(mine) == {("user", "500", True)}
+    assert manifest(mine)["hardware"]["kernel_path"]["environment"]["GOMP_SPINCOUNT"] == "500"
 
 
 def test_ray_executor_runs_a_small_matrix_on_a_local_instance(tiny_raw: dict[str, Any],
@@ -330,6 +348,7 @@ def test_ray_executor_runs_a_small_matrix_on_a_local_instance(tiny_raw: dict[str
     pids = {int(s["worker"].split(":")[1]) for s in m["stages"]}
     assert proc.pid not in pids and len(pids) >= 1  # every stage ran in an actor
     assert ran_with(on_ray) == {2}
+    assert wait_policies(on_ray) == {("nftbench", WAIT_POLICY["GOMP_SPINCOUNT"], True)}
     pd.testing.assert_frame_equal(results(raw), results(on_ray))
 
 

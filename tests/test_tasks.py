@@ -37,6 +37,17 @@ def test_world_is_deterministic_from_its_seed() -> None:
     assert World(WorldConfig(seed=4)).facts != a.facts
 
 
+def test_the_world_fingerprint_covers_the_sentence_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage key built on the fingerprint must change when the corpus's wording does."""
+    import nftbench.world as world
+
+    before = World(WorldConfig(seed=3)).fingerprint
+    assert World(WorldConfig(seed=3)).fingerprint == before
+    assert World(WorldConfig(seed=3, qa_fraction=0.1)).fingerprint != before
+    monkeypatch.setitem(world.QA_TEMPLATES, "pet", ["question : pet of {e} ? answer : {v} ."])
+    assert World(WorldConfig(seed=3)).fingerprint != before
+
+
 def write_rows(tmp_path: Path) -> dict[str, str]:
     rows = [{"question": f"what is {i} plus 1 ?", "target": str(i + 1)} for i in range(30)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
