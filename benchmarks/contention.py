@@ -11,19 +11,21 @@ policy is measured three ways:
 * beside a second nftbench process doing the same (both timed; the table shows their mean);
 * beside a plain CPU hog (one Python busy loop).
 
+The processes of one measurement are set up first (imports, loading) and released together, so
+that their timed parts overlap.
+
 Policies: the OpenMP runtime's own default (the child imports torch before nftbench, as every
-process did before the policy existed), nftbench's default (``GOMP_SPINCOUNT=10000``, set when
+process did before the policy existed), nftbench's default (``GOMP_SPINCOUNT=1000``, set when
 nftbench is imported), other spin counts, ``OMP_WAIT_POLICY=PASSIVE``, and one thread per process.
 Nothing else should run on the machine meanwhile.
 
-    .venv/bin/python benchmarks/contention.py [--threads 2] [--steps 40] [--cell]
+    .venv/bin/python benchmarks/contention.py [--threads 2] [--steps 100] [--cell]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import itertools
 import json
 import os
 import statistics
@@ -39,12 +41,20 @@ POLICY_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "NFTBE
 POLICIES: dict[str, tuple[dict[str, str], int | None]] = {
     "runtime default (before)": ({}, None),
     "GOMP_SPINCOUNT=100000": ({"GOMP_SPINCOUNT": "100000"}, None),
-    "nftbench default (GOMP_SPINCOUNT=10000)": ({}, None),
-    "GOMP_SPINCOUNT=1000": ({"GOMP_SPINCOUNT": "1000"}, None),
+    "GOMP_SPINCOUNT=10000": ({"GOMP_SPINCOUNT": "10000"}, None),
+    "nftbench default (GOMP_SPINCOUNT=1000)": ({}, None),
     "OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, None),
     "1 thread per process": ({}, 1),
 }
 HOG = "while True: pass"
+
+
+def wait_for_go(folder: Path) -> None:
+    """Start timing only when every process of a measurement is set up (imports and loading
+    take longer than the training), so that their timed parts overlap."""
+    (folder / f"ready-{os.getpid()}").touch()
+    while not (folder / "go").exists():
+        time.sleep(0.01)
 
 
 def child(kind: str, folder: Path, steps: int, threads: int, torch_first: bool) -> dict:
@@ -69,10 +79,11 @@ def child(kind: str, folder: Path, steps: int, threads: int, torch_first: bool) 
         model = init_model(ModelSpec(), tokenizer, seed=0)
         batches = corpus_batches(tokens, 32, seed=0)
         stamps: list[float] = []
+        wait_for_go(folder)
         train(model, batches, 5 + steps, OptimConfig(lr=3e-3),
               after_step=lambda _: stamps.append(time.perf_counter()), progress=False)
-        times = [b - a for a, b in itertools.pairwise(stamps[4:])]
-        return {"ms": 1e3 * statistics.median(times), "policy": policy}
+        # the mean over the timed steps: what a run's wall time feels
+        return {"ms": 1e3 * (stamps[-1] - stamps[4]) / (len(stamps) - 5), "policy": policy}
     from adversaries.finetune import FullFineTune, FullFineTuneConfig
     from nftbench.api import AttackContext, Release
     from nftbench.evaluation import Evaluator
@@ -86,6 +97,7 @@ def child(kind: str, folder: Path, steps: int, threads: int, torch_first: bool) 
     evaluator = Evaluator({"qa_city": task}, world, Path(tempfile.mkdtemp()), 64)
     examples = task.examples("train", world)
     release = Release(folder / "release", ModelSpec())
+    wait_for_go(folder)
     start = time.perf_counter()
     ctx = AttackContext(seed=0, evaluate=Scorer(evaluator, ("qa_city",)),
                         budget_points=lambda s: budget_points(4, s), progress=False)
@@ -112,14 +124,26 @@ def result(proc: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def timed(kind: str, folder: Path, steps: int, threads: int, policy: str,
+          copies: int) -> list[dict]:
+    """``copies`` children at once, released together once all are set up."""
+    for f in [*folder.glob("ready-*"), folder / "go"]:
+        f.unlink(missing_ok=True)
+    procs = [spawn(kind, folder, steps, threads, policy) for _ in range(copies)]
+    while len(list(folder.glob("ready-*"))) < copies:
+        if any(p.poll() is not None for p in procs):
+            return [result(p) for p in procs]  # raises with the failed child's error
+        time.sleep(0.05)
+    (folder / "go").touch()
+    return [result(p) for p in procs]
+
+
 def measure(kind: str, folder: Path, steps: int, threads: int, policy: str) -> dict:
-    alone = result(spawn(kind, folder, steps, threads, policy))
-    pair = [spawn(kind, folder, steps, threads, policy) for _ in range(2)]
-    two = [result(p) for p in pair]
+    alone = timed(kind, folder, steps, threads, policy, 1)[0]
+    two = timed(kind, folder, steps, threads, policy, 2)
     hog = subprocess.Popen([sys.executable, "-c", HOG])
     try:
-        time.sleep(0.5)
-        beside_hog = result(spawn(kind, folder, steps, threads, policy))
+        beside_hog = timed(kind, folder, steps, threads, policy, 1)[0]
     finally:
         hog.kill()
         hog.wait()
@@ -147,7 +171,7 @@ def prepare(folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
-    parser.add_argument("--steps", type=int, default=40, help="timed training steps")
+    parser.add_argument("--steps", type=int, default=100, help="timed training steps")
     parser.add_argument("--cell-steps", type=int, default=100, help="steps of the attack cell")
     parser.add_argument("--cell", action="store_true", help="also time a real attack cell")
     parser.add_argument("--policies", default=",".join(POLICIES),
@@ -174,7 +198,7 @@ def main() -> None:
             t["alone vs before"] = t["alone"] / ref
             t["two at once / alone"] = t["two at once"] / t["alone"]
             t["beside hog / alone"] = t["beside a CPU hog"] / t["alone"]
-            what = (f"training step (ms, median of {steps})" if kind == "step"
+            what = (f"training step (ms, mean of {steps})" if kind == "step"
                     else f"full_ft cell, {steps} steps + 4 lm-eval points (ms)")
             print(f"\n{what}; {args.threads} torch threads per process; {os.cpu_count()} cores")
             print(t.to_string(index=False, float_format=lambda x: f"{x:.2f}"))

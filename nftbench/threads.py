@@ -3,8 +3,8 @@
 OpenMP threads spin on their core while they wait for the next parallel region (GNU OpenMP, which
 torch's CPU wheels and their MKL use: 300,000 spins by default). Alone, spinning saves a wake-up;
 beside another process that spins too, the two runtimes burn each other's cores, and a training
-step on a 2-core machine got 28x slower. A short spin keeps the speed of a process alone and gives
-the core away when it is shared (``benchmarks/contention.py`` measures both; README, "Sharing the
+step on a 2-core machine got 28x slower. A short spin costs a process alone little and gives the
+core away when it is shared (``benchmarks/contention.py`` measures both; README, "Sharing the
 cores").
 
 The runtime reads these variables once, when torch is imported, so :func:`apply_wait_policy` runs
@@ -19,8 +19,10 @@ import os
 import sys
 from typing import Any
 
-# GNU OpenMP: spins before a waiting thread sleeps (the runtime's default is 300,000).
-WAIT_POLICY: dict[str, str] = {"GOMP_SPINCOUNT": "10000"}
+# GNU OpenMP: spins before a waiting thread sleeps (the runtime's default is 300,000). 1,000
+# was chosen by benchmarks/contention.py: two 2-thread processes on 2 cores go from 4.5x slower
+# each to 1.9x, at a cost alone within the machine's noise; 10,000 still left 4.4x.
+WAIT_POLICY: dict[str, str] = {"GOMP_SPINCOUNT": "1000"}
 # A user who sets any of these has chosen a policy of their own; nftbench then sets nothing.
 # (KMP_BLOCKTIME is Intel OpenMP's, used by torch builds linked against libiomp.)
 POLICY_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "KMP_BLOCKTIME")
