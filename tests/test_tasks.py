@@ -43,7 +43,7 @@ def test_the_world_fingerprint_covers_the_sentence_forms(monkeypatch: pytest.Mon
 
     before = World(WorldConfig(seed=3)).fingerprint
     assert World(WorldConfig(seed=3)).fingerprint == before
-    assert World(WorldConfig(seed=3, qa_fraction=0.1)).fingerprint != before
+    assert World(WorldConfig(seed=3, qa_fraction=0.3)).fingerprint != before
     monkeypatch.setitem(world.QA_TEMPLATES, "pet", ["question : pet of {e} ? answer : {v} ."])
     assert World(WorldConfig(seed=3)).fingerprint != before
 
