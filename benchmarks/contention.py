@@ -35,8 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# (the parent only: children import nftbench themselves, in the order each policy needs)
+from nftbench.threads import MARKER, POLICY_VARIABLES
+
 ROOT = Path(__file__).resolve().parent.parent
-POLICY_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "NFTBENCH_WAIT_POLICY")
 # name -> (environment, threads override or None)
 POLICIES: dict[str, tuple[dict[str, str], int | None]] = {
     "runtime default (before)": ({}, None),
@@ -108,7 +110,7 @@ def child(kind: str, folder: Path, steps: int, threads: int, torch_first: bool) 
 
 def spawn(kind: str, folder: Path, steps: int, threads: int, policy: str) -> subprocess.Popen:
     env_extra, threads_override = POLICIES[policy]
-    env = {k: v for k, v in os.environ.items() if k not in POLICY_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in (*POLICY_VARIABLES, MARKER)}
     env.update(env_extra)
     torch_first = policy == "runtime default (before)"
     cmd = [sys.executable, __file__, "--child", kind, str(folder), str(steps),

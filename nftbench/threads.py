@@ -2,10 +2,10 @@
 
 OpenMP threads spin on their core while they wait for the next parallel region (GNU OpenMP, which
 torch's CPU wheels and their MKL use: 300,000 spins by default). Alone, spinning saves a wake-up;
-beside another process that spins too, the two runtimes burn each other's cores, and a training
-step on a 2-core machine got 28x slower. A short spin costs a process alone little and gives the
-core away when it is shared (``benchmarks/contention.py`` measures both; README, "Sharing the
-cores").
+beside another process that spins too, the two runtimes burn each other's cores: an attack cell
+on a 2-core machine got 7.5x slower (28x reported on another). A short spin costs a process
+alone little and gives the core away when it is shared (``benchmarks/contention.py``
+measures both; README, "Sharing the cores").
 
 The runtime reads these variables once, when torch is imported, so :func:`apply_wait_policy` runs
 when ``nftbench`` is imported (every entry point imports it before torch: the CLI, spawned pool
