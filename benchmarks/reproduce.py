@@ -8,11 +8,16 @@ Three runs of ``nftbench run CONFIG``, each in a new process with its own empty 
    machine's best, which is what another CPU gives. Float reductions differ, long training runs
    amplify that, and the numbers can only agree statistically.
 
+``--reference RUN_DIR`` takes run 1 from a finished run instead (e.g. ``runs/default`` after
+``make run``, same config and overrides), so a 20-minute matrix is not run a third time.
+
 It prints the kernel path of each run (from the manifests), the largest difference between the
 results tables, and for every leaderboard number (final score, RG final, RG AUC, Δ vs none,
 utility retention) both runs' values and whether their intervals overlap.
 
     .venv/bin/python benchmarks/reproduce.py configs/default.yaml --workers 2
+    .venv/bin/python benchmarks/reproduce.py configs/default.yaml --workers 2 \
+        --reference runs/default --skip-identical
 """
 
 from __future__ import annotations
@@ -77,6 +82,17 @@ def max_difference(a: Path, b: Path) -> float:
     return float(np.nanmax(np.abs(va[both] - vb[both]))) if both.any() else 0.0
 
 
+def same_matrix(a: Path, b: Path) -> bool:
+    """Whether two runs ran the same matrix: their configs but for where they wrote, and the
+    fingerprints of their data (world, corpus, every task's examples)."""
+    def matrix(run_dir: Path) -> tuple[dict, dict]:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        config = {k: v for k, v in manifest["config"].items()
+                  if k not in ("name", "output_dir", "store_dir")}
+        return config, manifest["data_fingerprints"]
+    return matrix(a) == matrix(b)
+
+
 def kernel(out: Path) -> str:
     k = json.loads((out / "manifest.json").read_text())["hardware"]["kernel_path"]
     return (f"{k['cpu_model']}, capability {k['cpu_capability']}, amx {k['amx']}, "
@@ -91,11 +107,18 @@ def main() -> None:
     parser.add_argument("--capability", default="avx2", help="ATEN_CPU_CAPABILITY of run 3")
     parser.add_argument("--skip-identical", action="store_true", help="skip run 2")
     parser.add_argument("--keep", help="keep the runs in this folder (default: a temp dir)")
+    parser.add_argument("--reference", type=Path,
+                        help="a finished run of the same config and overrides, used as run 1")
     args = parser.parse_args()
     extra = [x for o in args.override for x in ("-o", o)] + ["--workers", str(args.workers)]
     with tempfile.TemporaryDirectory(prefix="nftbench-repro-") as tmp:
         root = Path(args.keep or tmp)
-        first = run(args.config, root / "as_is", extra, {})
+        if args.reference:
+            if not (args.reference / "report" / "leaderboard.csv").exists():
+                parser.error(f"--reference {args.reference}: no report/leaderboard.csv there")
+            first = args.reference
+        else:
+            first = run(args.config, root / "as_is", extra, {})
         print(f"run 1: {kernel(first)}")
         if not args.skip_identical:
             again = run(args.config, root / "as_is_again", extra, {})
@@ -106,6 +129,9 @@ def main() -> None:
                     {"ATEN_CPU_CAPABILITY": args.capability})
         print(f"run 2 (ATEN_CPU_CAPABILITY={args.capability}): {kernel(other)}; largest "
               f"difference in the results table: {max_difference(first, other):.3g}")
+        if not same_matrix(first, other):
+            sys.exit(f"{first} ran another matrix than {args.config} with these overrides: "
+                     "its numbers cannot be compared")
         table = compare(first, other)
     print(table.to_string(index=False))
     print(f"intervals overlap for {int(table.overlap.sum())} of {len(table)} leaderboard "
