@@ -2,13 +2,16 @@
 public pre-training script describe it.
 
 1. Save theta_0, the random initialization (the same one the dense base starts from).
-2. Stage I, early-bird mask discovery: dense AdamW training (lr 2e-5, no weight decay, no
-   schedule, micro-batches of 4) that scores every element by |grad| after each backward pass
-   and takes one exact global top-k over all parameters (k = rho * elements); it stops when the
-   IoU between consecutive masks is >= 0.99 for 5 consecutive steps, else after 500 steps with
-   the last mask. Options: an EMA of the scores over batches (a single batch's gradient is
-   noisy, so the IoU rule rarely fires without it), |grad * w| scores, a per-tensor quota,
-   and tensors excluded from masking.
+2. Stage I, early-bird mask discovery: dense AdamW training (no weight decay, no schedule,
+   micro-batches of 4) at the learning rate of pre-training (the script has one rate, `eta`,
+   for both stages) that scores every element by |grad| after each backward pass and takes one
+   exact global top-k over all parameters (k = rho * elements); it stops when the IoU between
+   consecutive masks is >= 0.99 for 5 consecutive steps, else after 500 steps with the last
+   mask. Elements with equal scores (zero-gradient embedding rows of tokens absent from the
+   micro-batch) are ranked by a fixed seeded random draw, so no token is excluded for its id.
+   Options: an EMA of the scores over batches (a single batch's gradient is noisy, so the IoU
+   rule rarely fires without it), |grad * w| scores, a per-tensor quota, and tensors excluded
+   from masking.
 3. Rewind every weight to theta_0.
 4. Stage II, ticket training: the dense base's pre-training budget and optimizer (the same data,
    tokens and settings as `none`), with the complement's gradients zeroed after every backward
@@ -19,6 +22,17 @@ public pre-training script describe it.
 5. Release the dense weights; the bit-packed mask and the statistics stay private.
 
 ``mask: random`` is the ablation: a uniformly random mask of the same ratio, no Stage I.
+``mask: random_rows`` is the authors' second script (`frozen_un.py`): a random 30% of the output
+rows of every linear layer (the output head included) frozen at theta_0, embeddings and norms
+trained; no Stage I.
+
+Three registered variants, named for what they are:
+
+- ``pmp``: the authors' pre-training script (one micro-batch's |grad|, one global top-k);
+- ``pmp_intent``: the paper's intent, a mask that stops changing early (an EMA 0.98 of |grad|,
+  rho of every tensor, scoring batches of 32): consecutive masks reach IoU 0.93-0.95 and no
+  tensor is emptied;
+- ``pmp_rows``: the authors' second script, random output rows frozen.
 """
 
 from __future__ import annotations
@@ -49,13 +63,19 @@ class PMPConfig(PluginConfig):
     complement: Literal["frozen", "projected"] = Field(
         "frozen", description="frozen: stays at theta_0 (the paper); projected: L2-ball "
         "projection of radius `radius` every `tau` steps (the authors' script)")
-    mask: Literal["early_bird", "random"] = Field(
+    mask: Literal["early_bird", "random", "random_rows"] = Field(
         "early_bird", description="early_bird: Stage I gradient scores; random: ablation, a "
-        "uniformly random mask of the same ratio")
+        "uniformly random mask of the same ratio; random_rows: rho of every linear layer's "
+        "output rows train, the rest stay at theta_0, everything else trains (frozen_un.py)")
+    ties: Literal["random", "position"] = Field(
+        "random", description="order of elements with equal scores: a fixed seeded random "
+        "draw, or position (the former behaviour: late token ids left out first)")
     eb_max_steps: int = Field(500, ge=1, description="Stage I: at most this many steps")
     eb_iou: float = Field(0.99, gt=0, le=1, description="Stage I: IoU of consecutive masks ...")
     eb_patience: int = Field(5, ge=1, description="... reached this many steps in a row stops")
-    eb_lr: float = Field(2e-5, gt=0, description="Stage I AdamW lr (no decay, no schedule)")
+    eb_lr: float | None = Field(
+        None, gt=0, description="Stage I AdamW lr (no decay, no schedule); null: the pre-training "
+        "optimizer's lr, as the script uses one rate for both stages")
     eb_batch_size: int = Field(4, ge=1, description="Stage I micro-batch (sequences)")
     score: Literal["grad", "grad_weight"] = Field(
         "grad", description="element score: |grad| (the script) or |grad * w|")
@@ -67,7 +87,9 @@ class PMPConfig(PluginConfig):
     exclude: tuple[Literal["embeddings", "norms"], ...] = Field(
         (), description="tensors kept out of the mask and trained densely (the script "
         "excludes nothing); rho applies to the rest")
-    tau: int = Field(200, ge=1, description="(projected) steps between projections")
+    tau: int = Field(400, ge=1, description="(projected) steps between projections (the "
+                     "script's effective value: its command-line default overrides the 200 of "
+                     "its dataclass)")
     radius: float = Field(2.0, gt=0, description="(projected) L2 radius of the complement")
     log_every: int = Field(50, ge=1, description="steps between complement-norm records")
 
@@ -78,19 +100,37 @@ def excluded(name: str, param: torch.Tensor, exclude: tuple[str, ...]) -> bool:
     return "norms" in exclude and param.dim() == 1 and "norm" in name
 
 
-def select_mask(scores: dict[str, torch.Tensor], cfg: PMPConfig,
-                skip: set[str]) -> Mask:
-    """The ticket: top rho of the scores (globally or per tensor); skipped tensors all in."""
+def select_mask(scores: dict[str, torch.Tensor], cfg: PMPConfig, skip: set[str],
+                tiebreak: dict[str, torch.Tensor] | None = None) -> Mask:
+    """The ticket: top rho of the scores (globally or per tensor), equal scores ordered by
+    ``tiebreak``; skipped tensors all in."""
     scored = {n: s for n, s in scores.items() if n not in skip}
     if cfg.quota == "global":
-        mask = global_topk(scored, cfg.rho)
+        mask = global_topk(scored, cfg.rho, tiebreak)
     else:
-        mask = {n: global_topk({n: s}, cfg.rho)[n] for n, s in scored.items()}
+        mask = {n: global_topk({n: s}, cfg.rho, tiebreak and {n: tiebreak[n]})[n]
+                for n, s in scored.items()}
     mask.update({n: torch.ones_like(scores[n], dtype=torch.bool) for n in skip})
     return {n: mask[n] for n in scores}  # parameter order
 
 
-@register_defense("pmp", version="2")
+def random_rows(model: torch.nn.Module, rho: float, gen: torch.Generator) -> Mask:
+    """frozen_un.py's mask: in every linear layer, ``max(1, int(out * (1 - rho)))`` output rows
+    drawn at random are frozen; every other parameter trains."""
+    freeze = round(1 - rho, 9)  # (1 - 0.7 is 0.30000000000000004)
+    linear = {f"{name}.weight": module.out_features for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear)}
+    mask = {}
+    for name, p in model.named_parameters():
+        keep = torch.ones(p.shape, dtype=torch.bool)
+        if name in linear and freeze > 0:
+            rows = torch.randperm(linear[name], generator=gen)[:max(1, int(linear[name] * freeze))]
+            keep[rows] = False
+        mask[name] = keep
+    return mask
+
+
+@register_defense("pmp", version="3")
 class PMP(Defense):
     """Private Mask Pre-Training: train a sparse ticket found early, release dense weights."""
 
@@ -105,10 +145,12 @@ class PMP(Defense):
         skip = {n for n, p in params.items() if excluded(n, p, cfg.exclude)}
         stats: dict = {"config": cfg.model_dump(mode="json")}
 
+        gen = torch.Generator().manual_seed(pre.seed)
         if cfg.mask == "random":
-            gen = torch.Generator().manual_seed(pre.seed)
             mask = select_mask({n: torch.rand(p.shape, generator=gen) for n, p in params.items()},
                                cfg, skip)
+        elif cfg.mask == "random_rows":
+            mask = random_rows(model, cfg.rho, gen)
         else:
             mask, stats["stage1"] = self.early_bird(model, ctx, skip)
             with torch.no_grad():  # rewind to theta_0 (lottery-ticket rewinding to step 0)
@@ -157,6 +199,10 @@ class PMP(Defense):
         cfg = self.config
         params = dict(model.named_parameters())
         state: dict = {"scores": None, "mask": None, "streak": 0, "iou": [], "stop": None}
+        tiebreak = None
+        if cfg.ties == "random":  # one fixed draw, so equal scores rank alike at every step
+            gen = torch.Generator().manual_seed(ctx.pretrain.seed + 2)
+            tiebreak = {n: torch.rand(p.shape, generator=gen) for n, p in params.items()}
 
         def score() -> None:  # after backward (a uniform clip scale leaves top-k unchanged)
             now = {n: (p.grad * p if cfg.score == "grad_weight" else p.grad).detach().abs()
@@ -166,7 +212,7 @@ class PMP(Defense):
                 n: cfg.ema * prev[n] + (1 - cfg.ema) * now[n] for n in now}
 
         def check(step: int) -> bool:
-            mask = select_mask(state["scores"], cfg, skip)
+            mask = select_mask(state["scores"], cfg, skip, tiebreak)
             if state["mask"] is not None:
                 iou = mask_iou(mask, state["mask"])
                 state["iou"].append(iou)
@@ -177,12 +223,47 @@ class PMP(Defense):
                 return True
             return False
 
-        optim = OptimConfig(optimizer="adamw", lr=cfg.eb_lr, weight_decay=0.0, grad_clip=1.0)
+        lr = cfg.eb_lr if cfg.eb_lr is not None else ctx.pretrain.optim.lr
+        optim = OptimConfig(optimizer="adamw", lr=lr, weight_decay=0.0, grad_clip=1.0)
         result = train(model, ctx.corpus_batches(cfg.eb_batch_size, ctx.pretrain.seed + 1),
                        cfg.eb_max_steps, optim, grad_hook=score, after_step=check,
                        desc="pmp stage I", progress=ctx.progress)
-        return state["mask"], {"iou": state["iou"], "stopped_at": state["stop"],
+        return state["mask"], {"lr": lr, "iou": state["iou"], "stopped_at": state["stop"],
                                "steps": result.steps, "early_bird": state["stop"] is not None}
+
+
+class PMPIntentConfig(PMPConfig):
+    """PMP with a stable early-bird mask; every other default is the script's."""
+
+    ema: float | None = Field(0.98, ge=0, lt=1, description="EMA decay of the |grad| scores")
+    quota: Literal["global", "per_tensor"] = Field("per_tensor", description="rho of every "
+                                                   "tensor, so no tensor is emptied")
+    eb_batch_size: int = Field(32, ge=1, description="Stage I scoring batch (sequences)")
+
+
+@register_defense("pmp_intent", version="1")
+class PMPIntent(PMP):
+    """PMP as the paper intends it: a mask that stops changing (EMA of |grad|, per-tensor rho)."""
+
+    Config = PMPIntentConfig
+    config: PMPIntentConfig
+
+
+class PMPRowsConfig(PMPConfig):
+    """The authors' second script: random output rows of every linear layer frozen."""
+
+    rho: float = Field(0.7, gt=0, le=1, description="share of every linear layer's output rows "
+                       "that train (the script freezes 30%)")
+    mask: Literal["early_bird", "random", "random_rows"] = Field(
+        "random_rows", description="random_rows (this variant's mask)")
+
+
+@register_defense("pmp_rows", version="1")
+class PMPRows(PMP):
+    """PMP as the authors' frozen_un.py: 30% of each linear layer's output rows stay at init."""
+
+    Config = PMPRowsConfig
+    config: PMPRowsConfig
 
 
 class TicketHooks:

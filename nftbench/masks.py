@@ -39,11 +39,16 @@ def load_mask(path: str | Path) -> Mask:
     return out
 
 
-def global_topk(scores: dict[str, torch.Tensor], fraction: float) -> Mask:
+def global_topk(scores: dict[str, torch.Tensor], fraction: float,
+                tiebreak: dict[str, torch.Tensor] | None = None) -> Mask:
     """The ``fraction`` of elements with the highest score over all tensors together (exact:
-    exactly ``round(fraction * n)`` elements, ties at the threshold broken by position)."""
+    exactly ``round(fraction * n)`` elements). Ties at the threshold go to the higher
+    ``tiebreak`` priority (same shapes as ``scores``; e.g. a fixed random draw), else to the
+    earlier position."""
     flat = torch.cat([s.detach().float().flatten().cpu() for s in scores.values()])
-    chosen = topk_elements(flat, round(fraction * flat.numel()))
+    priority = None if tiebreak is None else torch.cat(
+        [tiebreak[n].detach().float().flatten().cpu() for n in scores])
+    chosen = topk_elements(flat, round(fraction * flat.numel()), priority)
     out, start = {}, 0
     for name, s in scores.items():
         out[name] = chosen[start:start + s.numel()].view(s.shape)
@@ -51,8 +56,10 @@ def global_topk(scores: dict[str, torch.Tensor], fraction: float) -> Mask:
     return out
 
 
-def topk_elements(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the ``k`` largest elements of a float32 vector.
+def topk_elements(flat: torch.Tensor, k: int, priority: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Boolean mask of the ``k`` largest elements of a float32 vector; equal values are taken
+    in descending ``priority`` (else by position).
 
     A radix select, ~5x faster than ``torch.topk`` for k ~ n/2 on a CPU (PMP's Stage I runs it
     after every micro-step): the float's bits, reordered to sort like the floats, bucket the
@@ -70,6 +77,9 @@ def topk_elements(flat: torch.Tensor, k: int) -> torch.Tensor:
     taken = int(at_or_above[i - 1]) if i else 0
     chosen = bucket > 65535 - i
     candidates = (bucket == 65535 - i).nonzero().squeeze(1)
+    if priority is not None:  # equal values (all in this bucket) keep this order
+        candidates = candidates[torch.sort(priority[candidates], descending=True,
+                                           stable=True).indices]
     order = torch.sort(keys[candidates], descending=True, stable=True).indices
     chosen[candidates[order[:k - taken]]] = True
     return chosen

@@ -198,3 +198,69 @@ def test_matrix_with_pmp_authorized_rows_and_update_share(tiny_raw, tmp_path: Pa
     assert pmp_ft.final_score.iloc[0] == pytest.approx(last.value.mean())
     table = authorized_table(r)
     assert table[["defense", "recipe"]].values.tolist() == [["pmp", "full_ft"]]
+
+
+def test_stage_one_runs_at_the_pretraining_rate_unless_told(data, tmp_path: Path) -> None:
+    _, private = defend(data, tmp_path / "default", rho=0.5)
+    assert json.loads((private / STATS_FILE).read_text())["stage1"]["lr"] == PRE.optim.lr
+    _, private = defend(data, tmp_path / "override", rho=0.5, eb_lr=2e-5)
+    assert json.loads((private / STATS_FILE).read_text())["stage1"]["lr"] == 2e-5
+
+
+def test_ties_do_not_depend_on_position() -> None:
+    """Half of the elements score zero (say, rows of tokens absent from the micro-batch) and the
+    top-k must take half of those: by position it takes the first ones; with the random
+    priority it takes them evenly from the whole range."""
+    from defenses.pmp import select_mask
+
+    scores = {"embed": torch.cat([torch.rand(1000) + 1, torch.zeros(1000)]).view(200, 10)}
+    cfg = PMPConfig(rho=0.75)
+    by_position = select_mask(scores, cfg, set())["embed"].flatten()[1000:]
+    assert by_position[:500].all() and not by_position[500:].any()
+    priority = {"embed": torch.rand(200, 10, generator=torch.Generator().manual_seed(0))}
+    drawn = select_mask(scores, cfg, set(), priority)["embed"].flatten()
+    assert drawn[:1000].all() and int(drawn.sum()) == 1500  # the scored elements first
+    tied = drawn[1000:]
+    assert 200 <= int(tied[:500].sum()) <= 300 and 200 <= int(tied[500:].sum()) <= 300
+    assert torch.equal(select_mask(scores, cfg, set(), priority)["embed"].flatten(), drawn)
+    per_tensor = select_mask(scores, cfg.model_copy(update={"quota": "per_tensor"}), set(),
+                             priority)["embed"].flatten()
+    assert torch.equal(per_tensor, drawn)
+
+
+def test_rows_variant_freezes_whole_output_rows(data, tmp_path: Path) -> None:
+    from defenses.pmp import PMPRows, PMPRowsConfig
+
+    tokenizer, corpus = data
+    ctx = DefenseContext(spec=SPEC, tokenizer=tokenizer, corpus=corpus, pretrain=PRE, base=None,
+                         restricted={}, release_dir=tmp_path / "release",
+                         private_dir=tmp_path / "private", progress=False)
+    ctx.private_dir.mkdir(parents=True)
+    PMPRows(PMPRowsConfig()).defend(ctx)
+    mask = load_mask(ctx.private_dir / MASK_FILE)
+    model = init_model(SPEC, tokenizer, PRE.seed)
+    linear = {f"{n}.weight": m.out_features for n, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear)}
+    assert "lm_head.weight" in linear  # the output head is a linear layer too
+    for name, m in mask.items():
+        if name in linear:
+            rows = m.all(dim=1)
+            assert (m.any(dim=1) == rows).all(), name  # a row is frozen whole or not at all
+            assert int((~rows).sum()) == max(1, int(linear[name] * 0.3)), name
+        else:
+            assert m.all(), name  # embeddings and norms train
+    trained = dict(load_release(ctx.release_dir, SPEC)[0].named_parameters())
+    for name, p in model.named_parameters():
+        assert torch.equal(trained[name].detach()[~mask[name]], p.detach()[~mask[name]])
+
+
+def test_named_variants_carry_their_settings() -> None:
+    from nftbench.registry import DEFENSES, load_plugins
+
+    load_plugins()
+    assert DEFENSES.get("pmp").Config().ema is None
+    intent = DEFENSES.get("pmp_intent").Config()
+    assert (intent.ema, intent.quota, intent.eb_batch_size, intent.exclude) == (
+        0.98, "per_tensor", 32, ())
+    rows = DEFENSES.get("pmp_rows").Config()
+    assert (rows.mask, rows.rho) == ("random_rows", 0.7)
