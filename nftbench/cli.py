@@ -1,5 +1,5 @@
 """Command line: ``nftbench run CONFIG``, ``nftbench status RUN_DIR``, ``nftbench report
-RUN_DIR``, ``nftbench list``."""
+RUN_DIR``, ``nftbench sharpness CONFIG``, ``nftbench list``."""
 
 from __future__ import annotations
 
@@ -137,6 +137,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sharpness(args: argparse.Namespace) -> int:
+    from nftbench.config import ConfigError, load_config
+
+    try:
+        load_plugins(args.plugins)
+        matrix = load_config(args.config, args.override)
+        out = matrix.config.run_dir / "sharpness"  # its own folder: the run's results stay
+        matrix = load_config(args.config, [*args.override, f"output_dir={out}"])
+    except (ConfigError, FileNotFoundError, ValueError, ImportError) as err:
+        print(f"nftbench: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    from nftbench.sharpness import measure, summarize
+
+    tasks = args.task or [t.label for t in matrix.restricted_tasks]
+    _setup_logging(None, quiet=True)
+    try:
+        table = measure(matrix, tasks, iters=args.iters, tol=args.tol, workers=args.workers,
+                        progress=False)
+    except (KeyError, RuntimeError) as err:
+        print(f"nftbench: {err}", file=sys.stderr)
+        return 1
+    table.to_csv(out / "sharpness.csv", index=False)
+    summary = summarize(table)
+    summary.to_csv(out / "sharpness_summary.csv", index=False)
+    print("top Hessian eigenvalue of the answer loss on each task's train split, at every "
+          "release (mean [95% t interval over bases]); stable_sgd_lr = 2 / eigenvalue")
+    print(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"per release: {out / 'sharpness.csv'}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     load_plugins(args.plugins)
     kinds = [args.kind] if args.kind else list(REGISTRIES)
@@ -190,7 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--epsilon", type=float, default=0.05,
                      help="largest capability drop of the epsilon-bounded worst case")
     rep.set_defaults(func=cmd_report)
-    for p in (run, lst):
+    sharp = sub.add_parser("sharpness", help="top Hessian eigenvalue of a task's loss at every "
+                           "release of a matrix (defense x base)")
+    sharp.add_argument("config", help="matrix YAML; its shared stages come from the store")
+    sharp.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    sharp.add_argument("--task", action="append", help="a task label (default: the restricted "
+                       "tasks); repeat for several")
+    sharp.add_argument("--iters", type=int, default=50, help="power iterations at most")
+    sharp.add_argument("--tol", type=float, default=1e-3, help="relative change that stops")
+    sharp.add_argument("--workers", type=int, default=1, help="workers for missing stages")
+    sharp.set_defaults(func=cmd_sharpness)
+    for p in (run, lst, sharp):
         p.add_argument("--plugins", action="append", default=[], metavar="DIR",
                        help="a folder of plugin files (*.py, task *.yaml) to load")
     run.set_defaults(func=cmd_run)
