@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nftbench.api import Adversary, AttackContext, Release
@@ -18,6 +19,23 @@ class FullFineTuneConfig(OptimConfig, PluginConfig):
 
     steps: int = Field(200, ge=1, description="optimizer steps (the attack budget)")
     batch_size: int = Field(32, ge=1, description="examples per step")
+    epochs: float | None = Field(
+        None, gt=0, description="the budget as passes over the train split instead of steps: "
+        "ceil(epochs * examples / batch_size) steps (a batch larger than the split repeats "
+        "examples, so every step still sees batch_size of them)")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> FullFineTuneConfig:
+        if self.epochs is not None and "steps" in self.model_fields_set:
+            raise ValueError("give the budget as steps or as epochs, not both (epochs: null "
+                             "budgets in steps)")
+        return self
+
+    def budget_steps(self, n_examples: int) -> int:
+        """Optimizer steps of the attack on a train split of ``n_examples``."""
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
 
     def optim(self) -> OptimConfig:
         return OptimConfig(**self.model_dump(include=set(OptimConfig.model_fields)))
@@ -35,7 +53,8 @@ class FullFineTune(Adversary):
                ctx: AttackContext) -> TrainResult:
         model, tokenizer = release.load()
         grad_hook = self.prepare(model, tokenizer, examples, ctx)
-        return ctx.finetune(model, tokenizer, examples, steps=self.config.steps,
+        return ctx.finetune(model, tokenizer, examples,
+                            steps=self.config.budget_steps(len(examples)),
                             batch_size=self.config.batch_size, optim=self.config.optim(),
                             grad_hook=grad_hook)
 

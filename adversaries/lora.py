@@ -96,7 +96,8 @@ class LoraAttack(Adversary):
 
         model, tokenizer = self.load(release)
         model = get_peft_model(model, self.config.lora())  # freezes every base weight
-        return ctx.finetune(model, tokenizer, examples, steps=self.config.steps,
+        return ctx.finetune(model, tokenizer, examples,
+                            steps=self.config.budget_steps(len(examples)),
                             batch_size=self.config.batch_size, optim=self.config.optim())
 
 

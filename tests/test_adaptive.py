@@ -204,3 +204,28 @@ def test_sweep_config_is_validated() -> None:
                               max_trials=1))
     (trial,) = sweep.trials(seed=0)
     assert trial.config.steps == 5 and trial.config.lr in (1e-3, 1e-2)
+
+
+def test_epochs_budget_is_the_right_number_of_steps() -> None:
+    from adversaries.finetune import FullFineTuneConfig
+    from adversaries.lora import LoraAttackConfig
+
+    assert FullFineTuneConfig(steps=70).budget_steps(50) == 70
+    # SOPHON's attack: 20 epochs at batch 200 over 50 examples = 1,000 examples = 5 steps
+    assert FullFineTuneConfig(epochs=20, batch_size=200).budget_steps(50) == 5
+    assert FullFineTuneConfig(epochs=3, batch_size=32).budget_steps(50) == 5  # ceil(150 / 32)
+    assert LoraAttackConfig(epochs=0.1, batch_size=32).budget_steps(50) == 1
+    with pytest.raises(ValueError, match="not both"):
+        FullFineTuneConfig(steps=10, epochs=2)
+
+
+def test_sophon_paper_preset_is_the_papers_attack() -> None:
+    from nftbench.registry import ADVERSARIES, load_plugins
+
+    load_plugins()
+    cfg = ADVERSARIES.get("sophon_paper").Config()
+    assert (cfg.optimizer, cfg.momentum, cfg.lr, cfg.weight_decay, cfg.batch_size,
+            cfg.epochs) == ("sgd_momentum", 0.9, 1e-4, 1e-4, 200, 20)
+    assert cfg.budget_steps(50) == 5
+    with pytest.raises(ValueError, match="epochs: null"):
+        ADVERSARIES.get("sophon_paper").Config(steps=10)
