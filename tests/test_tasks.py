@@ -125,6 +125,31 @@ def test_lm_eval_configs() -> None:
     mc = cls(cls.Config(kind="classification", source={"type": "world", "attribute": "color"},
                         prompt="{entity} likes"))
     cfg = lm_eval_yaml(mc, "nft_mc", Path("/tmp/y.jsonl"))
-    assert cfg["output_type"] == "multiple_choice" and cfg["doc_to_choice"] == "{{choices}}"
+    assert cfg["output_type"] == "multiple_choice" and cfg["doc_to_choice"] == "choices"
     ex = mc.examples("eval", WORLD)[0]
     assert ex["choices"][ex["label"]] == ex["answer"]
+
+
+def test_lm_eval_reads_the_fields_nftbench_wrote(tmp_path: Path) -> None:
+    """The YAML names fields (`prompt`, `choices`, `label`, `answer`) instead of Jinja
+    templates; lm-eval must return them as they are, not render a field name as text."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from nftbench.evaluation import lm_eval_name, write_lm_eval_tasks
+
+    tasks = {name: TASKS.get(name)() for name in ("qa_city", "qa_pet")}
+    write_lm_eval_tasks(tasks, WORLD, tmp_path)
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    for label, task in tasks.items():
+        name = lm_eval_name(label, task)
+        built = get_task_dict([name], manager)[name]
+        docs = list(built.test_docs())
+        expected = task.examples("eval", WORLD)
+        assert len(docs) == len(expected)
+        for doc, ex in zip(docs, expected, strict=True):
+            assert built.doc_to_text(doc) == ex["prompt"]
+            if task.kind == "classification":
+                assert built.doc_to_choice(doc) == ex["choices"]
+                assert built.doc_to_target(doc) == ex["label"]
+            else:
+                assert built.doc_to_target(doc) == ex["answer"]
