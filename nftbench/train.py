@@ -15,6 +15,8 @@ the weight gradients 2 more for each *trainable* matmul parameter:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import resource
 import time
@@ -139,6 +141,38 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+IGNORE = -100  # (nftbench.data.IGNORE: the label of a position without a loss)
+
+
+@functools.cache
+def _takes_logits_to_keep(forward_owner: type) -> bool:
+    return "logits_to_keep" in inspect.signature(forward_owner.forward).parameters
+
+
+def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The causal-LM loss of ``batch`` (mean cross-entropy over labelled tokens), computing the
+    output head only at the positions that predict a label.
+
+    Fine-tuning examples carry a loss on a few answer tokens after a longer prompt; the output
+    head (vocabulary x hidden, a third of the tiny model's matmul work) is wasted on every
+    other position. Hugging Face causal LMs take ``logits_to_keep`` (positions to compute
+    logits for), so the head runs on the union of those positions across the batch, and the
+    loss is the one ``model(**batch).loss`` gives. Batches labelled everywhere (pre-training)
+    and models without ``logits_to_keep`` take the plain path."""
+    labels = batch.get("labels")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    if labels is None or not _takes_logits_to_keep(type(base)):
+        return model(**batch).loss
+    target = labels[:, 1:]  # position p predicts token p + 1
+    keep = (target != IGNORE).any(dim=0).nonzero().squeeze(1)
+    if keep.numel() == target.shape[1]:
+        return model(**batch).loss
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, logits_to_keep=keep).logits
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), target[:, keep].flatten(), ignore_index=IGNORE)
+
+
 def train(
     model: torch.nn.Module,
     batches: Iterator[dict[str, torch.Tensor]],
@@ -202,7 +236,7 @@ def train(
         factor = lr_factor(step - 1, steps, optim)
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * factor
-        loss = model(**batch).loss
+        loss = lm_loss(model, batch)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             result.diverged_at = step

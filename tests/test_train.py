@@ -72,3 +72,35 @@ def test_schedules() -> None:
     warm = OptimConfig(schedule="linear_warmup", warmup_steps=4)
     assert [lr_factor(s, 10, warm) for s in (0, 3, 9)] == [0.25, 1.0, 1.0]
     assert lr_factor(50, 100, OptimConfig()) == 1.0
+
+
+def test_loss_on_labelled_positions_equals_the_models_loss() -> None:
+    """lm_loss computes the output head only where a label is; loss and gradients must be
+    those of model(**batch).loss, for answer-only labels, full labels and a LoRA model."""
+    from peft import LoraConfig, get_peft_model
+
+    from nftbench.train import lm_loss
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2))
+    ids = torch.randint(3, 50, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0  # right padding
+    answer_only = torch.full_like(ids, -100)
+    answer_only[0, 5:7], answer_only[1, 7:9], answer_only[2, 4:6], answer_only[3, 3] = \
+        ids[0, 5:7], ids[1, 7:9], ids[2, 4:6], ids[3, 3]
+    for labels in (answer_only, ids.clone()):
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        for m in (model, get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))):
+            plain = m(**batch).loss
+            plain.backward()
+            want = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+            m.zero_grad()
+            ours = lm_loss(m, batch)
+            ours.backward()
+            assert ours.item() == pytest.approx(plain.item(), rel=1e-6)
+            for n, p in m.named_parameters():
+                if p.grad is not None:
+                    assert torch.allclose(p.grad, want[n], atol=1e-6), n
+            m.zero_grad()
