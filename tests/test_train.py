@@ -81,9 +81,11 @@ def test_loss_on_labelled_positions_equals_the_models_loss() -> None:
 
     from nftbench.train import lm_loss
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2))
+    def llama() -> LlamaForCausalLM:
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+                                            num_hidden_layers=1, num_attention_heads=2))
+
     ids = torch.randint(3, 50, (4, 9))
     mask = torch.ones_like(ids)
     mask[2, 6:] = 0  # right padding
@@ -92,7 +94,7 @@ def test_loss_on_labelled_positions_equals_the_models_loss() -> None:
         ids[0, 5:7], ids[1, 7:9], ids[2, 4:6], ids[3, 3]
     for labels in (answer_only, ids.clone()):
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        for m in (model, get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))):
+        for m in (llama(), get_peft_model(llama(), LoraConfig(r=2, target_modules=["q_proj"]))):
             plain = m(**batch).loss
             plain.backward()
             want = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
