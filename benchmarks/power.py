@@ -70,10 +70,10 @@ def main() -> None:
     spec = source.config.model
     for alpha in alphas:
         for base in source.config.pretrain.bases:
-            folder = out / f"alpha{alpha:g}" / f"base{base}"
-            if not (folder / "config.json").exists():
-                interpolate(releases["none", base], releases["filtered", base], alpha, folder,
-                            spec)
+            # always rewritten: releases left by an earlier run of another world or base would
+            # be stale (the same weights give the same files, so stages stay cached)
+            interpolate(releases["none", base], releases["filtered", base], alpha,
+                        out / f"alpha{alpha:g}" / f"base{base}", spec)
     mixes = ", ".join(f"{{name: external, label: 'mix[alpha={a:g}]', params: "
                       f"{{path: '{out}/alpha{a:g}/base{{base}}'}}}}" for a in alphas)
     keep = [t.label for t in source.capability_tasks] + [args.task]
