@@ -41,25 +41,44 @@ class Sharpness:
     history: list[float] = field(default_factory=list)
 
 
-def top_eigenvalue(loss: Callable[[Params], torch.Tensor], params: Params, *, iters: int = 50,
-                   tol: float = 1e-3, seed: int = 0) -> Sharpness:
-    """The eigenvalue of largest magnitude of the Hessian of ``loss`` at ``params``, by power
-    iteration from a seeded random direction; stops when it changes by less than ``tol``
-    (relative) between iterations."""
-    _, hvp_of = vjp(grad(loss), params)
+def _power(hvp: Callable[[Params], Params], like: Params, shift: float, iters: int, tol: float,
+           seed: int) -> Sharpness:
+    """Power iteration on H - shift * I: its eigenvalue of largest magnitude (plus ``shift``)."""
     gen = torch.Generator().manual_seed(seed)
-    v = {n: torch.randn(p.shape, generator=gen).to(p) for n, p in params.items()}
+    v = {n: torch.randn(p.shape, generator=gen).to(p) for n, p in like.items()}
     history: list[float] = []
     for i in range(iters):
         norm = math.sqrt(sum(float(x.pow(2).sum()) for x in v.values()))
         v = {n: x / norm for n, x in v.items()}
-        (hv,) = hvp_of(v)
-        value = sum(float((hv[n] * v[n]).sum()) for n in v)  # v is a unit vector
+        hv = hvp(v)
+        hv = {n: hv[n] - shift * v[n] for n in v} if shift else hv
+        value = sum(float((hv[n] * v[n]).sum()) for n in v) + shift  # v is a unit vector
         history.append(value)
         if i and abs(value - history[-2]) <= tol * max(abs(value), 1e-12):
             return Sharpness(value, i + 1, True, history)
         v = {n: x.detach() for n, x in hv.items()}
     return Sharpness(history[-1], iters, False, history)
+
+
+def top_eigenvalue(loss: Callable[[Params], torch.Tensor], params: Params, *, iters: int = 50,
+                   tol: float = 1e-3, seed: int = 0) -> Sharpness:
+    """The largest (algebraic) eigenvalue of the Hessian of ``loss`` at ``params``.
+
+    Power iteration from a seeded random direction finds the eigenvalue of largest magnitude;
+    away from a minimum that can be a negative one, so when it is, the iteration is run again
+    on ``H - lambda I``, whose largest-magnitude eigenvalue is then ``lambda_max - lambda``.
+    Stops when the estimate changes by less than ``tol`` (relative) between iterations."""
+    _, vjp_fn = vjp(grad(loss), params)
+
+    def hvp(v: Params) -> Params:
+        return vjp_fn(v)[0]
+
+    first = _power(hvp, params, 0.0, iters, tol, seed)
+    if first.eigenvalue >= 0:
+        return first
+    top = _power(hvp, params, first.eigenvalue, iters, tol, seed)
+    return Sharpness(top.eigenvalue, first.iterations + top.iterations,
+                     first.converged and top.converged, first.history + top.history)
 
 
 def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]

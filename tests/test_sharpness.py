@@ -39,7 +39,7 @@ def test_nonlinear_loss_matches_the_explicit_hessian() -> None:
         return ((torch.tanh(x @ flat.view(4, 3)) - y) ** 2).mean()
 
     eig = torch.linalg.eigvalsh(torch.autograd.functional.hessian(flat_loss, w.flatten()))
-    top = eig[eig.abs().argmax()]
+    top = eig.max()
     s = top_eigenvalue(lambda p: flat_loss(p["w"].flatten()), {"w": w}, iters=2000, tol=1e-12)
     assert s.eigenvalue == pytest.approx(float(top), rel=1e-5)
 
@@ -87,3 +87,14 @@ def test_sharpness_command_measures_every_release_beside_the_run(tiny_raw, tmp_p
     assert (table.task == task).all() and (table.eigenvalue > 0).all()
     assert not (tmp_path / "run" / "results.csv").exists()  # the run's own folder untouched
     assert main(["sharpness", str(path), "--task", "no_such_task"]) == 1
+
+
+def test_a_larger_negative_eigenvalue_does_not_hide_the_top_one() -> None:
+    a = torch.diag(torch.tensor([-10.0, 3.0, 1.0], dtype=torch.float64))
+    x = {"x": torch.randn(3, dtype=torch.float64)}
+    s = top_eigenvalue(lambda p: 0.5 * p["x"] @ a @ p["x"], x, iters=2000, tol=1e-12)
+    assert s.eigenvalue == pytest.approx(3.0, rel=1e-6)
+    neg = torch.diag(torch.tensor([-10.0, -3.0], dtype=torch.float64))
+    y = {"x": torch.randn(2, dtype=torch.float64)}
+    assert top_eigenvalue(lambda p: 0.5 * p["x"] @ neg @ p["x"], y, iters=2000,
+                          tol=1e-12).eigenvalue == pytest.approx(-3.0, rel=1e-6)
