@@ -28,6 +28,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from nftbench.data import IGNORE
+
 OptimizerName = Literal["sgd", "sgd_momentum", "sgd_nesterov", "adam", "adamw", "rmsprop",
                         "adagrad", "adadelta"]
 ScheduleName = Literal["constant", "cosine", "linear_warmup"]
@@ -139,9 +141,6 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     # ru_maxrss is the process peak in KiB on Linux: an upper bound for the CPU case.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-IGNORE = -100  # (nftbench.data.IGNORE: the label of a position without a loss)
 
 
 @functools.cache
