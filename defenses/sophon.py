@@ -37,7 +37,7 @@ import copy
 import json
 import math
 import random
-from collections.abc import Iterator
+import time
 from typing import Any, Literal
 
 import torch
@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nftbench.api import Defense, DefenseContext
+from nftbench.checkpoint import Replayable
 from nftbench.data import IGNORE, encode_examples, example_batches, pad_id, pad_rows
 from nftbench.registry import PluginConfig, register_defense
 from nftbench.train import OptimConfig, train
@@ -162,13 +163,28 @@ class TaskData:
         self.tokenizer = tokenizer
         self.rng = random.Random(seed)
         self.seed = seed
-        self._support: dict[int, Iterator[dict[str, torch.Tensor]]] = {}
+        self._support: dict[int, Replayable[dict[str, torch.Tensor]]] = {}
 
     def support(self, batch_size: int) -> dict[str, torch.Tensor]:
+        return next(self._support_stream(batch_size))
+
+    def _support_stream(self, batch_size: int, skip: int = 0
+                        ) -> Replayable[dict[str, torch.Tensor]]:
         if batch_size not in self._support:
-            self._support[batch_size] = example_batches(self.encoded, batch_size, self.seed,
-                                                        self.pad)
-        return next(self._support[batch_size])
+            self._support[batch_size] = Replayable(
+                lambda: example_batches(self.encoded, batch_size, self.seed, self.pad), skip)
+        return self._support[batch_size]
+
+    def state(self) -> dict[str, Any]:
+        """Where the streams are (for a checkpoint)."""
+        return {"query_rng": self.rng.getstate(),
+                "support_drawn": {str(b): s.drawn for b, s in self._support.items()}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["query_rng"])
+        self._support.clear()
+        for b, drawn in state["support_drawn"].items():
+            self._support_stream(int(b), skip=drawn)
 
     def query(self, n: int) -> dict[str, Any]:
         picked = [self.rng.randrange(len(self.examples)) for _ in range(n)]
@@ -296,19 +312,54 @@ class Sophon(Defense):
         params = list(suppression.params.values())
         fts_opt = torch.optim.Adam(params, lr=cfg.alpha_lr())
         ntr_opt = torch.optim.Adam(params, lr=cfg.beta_lr())
-        corpus = ctx.corpus_batches(cfg.ntr_batch, cfg.seed)
         rng = random.Random(cfg.seed)
         strategies, n = cfg.strategy_set(), cfg.n()
-        backup = [p.detach().clone() for p in params]
         log: list[dict[str, Any]] = []
         stats: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "tasks": names,
                                  "held_out": sorted(set(ctx.restricted) - set(names)),
-                                 "log": log, "stopped_by_guard": None}
-        capability = self.capability(ctx, model, tokenizer)
-        stats["capability_start"] = capability
+                                 "log": log, "stopped_by_guard": None, "segments": []}
 
-        bar = tqdm(range(1, cfg.outer_steps + 1), desc="sophon", unit="outer",
-                   disable=not ctx.progress, leave=False)
+        saved = ctx.checkpoint.load()
+        if saved is None:
+            first = 1
+            corpus = Replayable(lambda: ctx.corpus_batches(cfg.ntr_batch, cfg.seed))
+            stats["capability_start"] = self.capability(ctx, model, tokenizer)
+        else:  # resume where a killed run left off, exactly as it would have gone on
+            first = saved["step"] + 1
+            model.load_state_dict(saved["model"])
+            fts_opt.load_state_dict(saved["fts_opt"])
+            ntr_opt.load_state_dict(saved["ntr_opt"])
+            rng.setstate(saved["rng"])
+            torch.set_rng_state(saved["torch_rng"])
+            for name, state in saved["data"].items():
+                data[name].restore(state)
+            corpus = Replayable(lambda: ctx.corpus_batches(cfg.ntr_batch, cfg.seed),
+                                skip=saved["corpus_drawn"])
+            log += saved["log"]
+            stats["capability_start"] = saved["capability_start"]
+            stats["segments"] = saved["segments"]
+        backup = [p.detach().clone() for p in params]  # the last weights that passed the guard
+        if saved is not None:
+            with torch.no_grad():
+                for b, p in zip(backup, saved["backup"], strict=True):
+                    b.copy_(p)
+        segment = {"from_step": first, "to_step": first - 1, "wall_s": 0.0}
+        stats["segments"].append(segment)
+        started = time.perf_counter()
+
+        def checkpoint(step: int) -> dict[str, Any]:
+            segment["to_step"], segment["wall_s"] = step, time.perf_counter() - started
+            return {"step": step, "model": model.state_dict(),
+                    "fts_opt": fts_opt.state_dict(), "ntr_opt": ntr_opt.state_dict(),
+                    "backup": backup, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                    "data": {name: d.state() for name, d in data.items()},
+                    "corpus_drawn": corpus.drawn, "log": log,
+                    "capability_start": stats["capability_start"],
+                    "segments": stats["segments"]}
+
+        bar = tqdm(range(first, cfg.outer_steps + 1), desc="sophon", unit="outer",
+                   initial=first - 1, total=cfg.outer_steps, disable=not ctx.progress,
+                   leave=False)
         for step in bar:
             task = names[(step - 1) % len(names)]
             entry: dict[str, Any] = {"step": step, "task": task}
@@ -339,7 +390,7 @@ class Sophon(Defense):
                     stats["stopped_by_guard"] = step
                     log.append(entry)
                     break
-                with torch.no_grad():  # the last weights that passed the guard
+                with torch.no_grad():
                     for p, b in zip(params, backup, strict=True):
                         b.copy_(p)
             if cfg.test_steps and (step % cfg.test_every == 0 or step == cfg.outer_steps):
@@ -347,7 +398,13 @@ class Sophon(Defense):
             log.append(entry)
             bar.set_postfix(sup=f"{entry['suppression_loss']:.3f}",
                             ntr=f"{entry['reinforcement_loss'] or 0:.3f}")
+            if step < cfg.outer_steps and ctx.checkpoint.due():
+                ctx.checkpoint.save(checkpoint(step))
+        bar.close()
+        segment["to_step"] = log[-1]["step"] if log else first - 1
+        segment["wall_s"] = time.perf_counter() - started
         stats["outer_steps_done"] = log[-1]["step"] if log else 0
+        stats["compute_s"] = sum(s["wall_s"] for s in stats["segments"])
         stats["capability_end"] = self.capability(ctx, model, tokenizer)
         ctx.save_release(model)
         (ctx.private_dir / STATS_FILE).write_text(json.dumps(stats, indent=1))

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from nftbench.checkpoint import Checkpoint
 from nftbench.data import corpus_batches, encode_examples, example_batches, pad_id
 from nftbench.models import RELEASE_FILES, ModelSpec, init_model, load_release, save_release
 from nftbench.registry import Plugin
@@ -88,6 +89,10 @@ class DefenseContext:
     #: the packed corpus with the facts of the named world attributes filtered out (the same
     #: documents and order otherwise); None where the corpus is not the embedded world's
     corpus_without: Callable[[Sequence[str]], torch.Tensor] | None = None
+
+    #: saves and restores the stage's state, so a defense that runs for hours survives a
+    #: killed process (a no-op where no store is behind the context)
+    checkpoint: Checkpoint = field(default_factory=lambda: Checkpoint(None))
 
     def init_model(self, seed: int) -> PreTrainedModel:
         return init_model(self.spec, self.tokenizer, seed)

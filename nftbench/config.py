@@ -149,6 +149,9 @@ class MatrixConfig(BaseModel):
         "float reductions and so the numbers; it enters every computing stage's key. Use "
         "`--workers N` to use N cores")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="resource limits")
+    checkpoint_every_s: float = Field(
+        600, ge=0, description="seconds between checkpoints of a long stage (SOPHON's outer "
+        "loop) in the store, so a killed run resumes it where it stopped; not in any key")
 
     @field_validator("defenses", "adversaries", "tasks", mode="before")
     @classmethod

@@ -36,6 +36,7 @@ from typing import Any
 
 ENTRY_FILE = "entry.json"
 CLAIMS = ".claims"
+PARTIAL = ".partial"  # checkpoints of stages under way, one folder per key
 log = logging.getLogger("nftbench")
 
 
@@ -100,6 +101,11 @@ class Store:
 
     def meta(self, kind: str, key: str) -> dict[str, Any]:
         return json.loads((self.path(kind, key) / ENTRY_FILE).read_text())
+
+    def partial_path(self, kind: str, key: str) -> Path:
+        """Where a long stage keeps its checkpoint until its entry is written (see
+        :mod:`nftbench.checkpoint`); only the holder of the claim on ``kind/key`` writes it."""
+        return self.root / kind / PARTIAL / key
 
     def claim_path(self, kind: str, key: str) -> Path:
         return self.root / kind / CLAIMS / f"{key}.lock"

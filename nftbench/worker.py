@@ -30,6 +30,7 @@ import torch
 
 import nftbench
 from nftbench.api import AttackContext, DefenseContext, Release
+from nftbench.checkpoint import Checkpoint
 from nftbench.config import Matrix, resolve
 from nftbench.data import corpus_batches, pack_corpus
 from nftbench.evaluation import Evaluator
@@ -200,6 +201,7 @@ class StageWorker:
             build = getattr(self, f"build_{job.kind}")
             with store.write(job.kind, job.key, job.payload) as tmp:
                 build(job, tmp)
+            self.checkpoint(job).clear()  # the entry is written: its checkpoint is spent
             wall = time.perf_counter() - start
         log.info("%-8s %-40s done in %.1fs", job.kind, job.label, wall)
         return StageLog(job.kind, job.label, job.key, cached=False, wall_s=wall,
@@ -210,6 +212,11 @@ class StageWorker:
         return StageLog(job.kind, job.label, job.key, cached=True, wall_s=0.0,
                         computed_wall_s=self.store.meta(job.kind, job.key)["wall_s"],
                         worker=self.whoami)
+
+    def checkpoint(self, job: Job) -> Checkpoint:
+        """The stage's checkpoint in the store (resumed by the next attempt at its key)."""
+        return Checkpoint(self.store.partial_path(job.kind, job.key),
+                          every_s=self.cfg.checkpoint_every_s)
 
     # -- the stages --------------------------------------------------------------------------
 
@@ -242,7 +249,8 @@ class StageWorker:
                              release_dir=tmp / "release", private_dir=tmp / "private",
                              progress=self.progress, evaluate=self.evaluator,
                              evaluate_capability=self.capability_evaluator(),
-                             corpus_without=functools.partial(self.filtered_corpus, tokenizer))
+                             corpus_without=functools.partial(self.filtered_corpus, tokenizer),
+                             checkpoint=self.checkpoint(job))
         ctx.private_dir.mkdir()
         variant.plugin.defend(ctx)
         Release(ctx.release_dir, self.cfg.model)  # validates the allow-list

@@ -22,6 +22,7 @@ from defenses.sophon import (
     suppression_loss,
 )
 from nftbench.api import DefenseContext, Release
+from nftbench.checkpoint import Checkpoint
 from nftbench.config import ConfigError, PretrainConfig, resolve
 from nftbench.data import pack_corpus
 from nftbench.engine import Runner
@@ -150,13 +151,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
     return tokenizer, corpus, Release(base, SPEC), restricted
 
 
-def run_sophon(tiny, tmp_path: Path, capability=None, **params) -> tuple[Path, dict]:
+def run_sophon(tiny, tmp_path: Path, capability=None, checkpoint: Checkpoint | None = None,
+               **params) -> tuple[Path, dict]:
     tokenizer, corpus, base, restricted = tiny
     ctx = DefenseContext(spec=SPEC, tokenizer=tokenizer, corpus=corpus,
                          pretrain=PretrainConfig(steps=1, batch_size=4, seq_len=32), base=base,
                          restricted=restricted, release_dir=tmp_path / "release",
                          private_dir=tmp_path / "private", progress=False,
-                         evaluate_capability=capability)
+                         evaluate_capability=capability,
+                         checkpoint=checkpoint or Checkpoint(None))
     ctx.private_dir.mkdir(parents=True)
     defaults = dict(outer_steps=2, inner_steps=2, query_batch=4, ntr_batch=4, lr=1e-3,
                     test_steps=0, strategies=[Strategy(optimizer="adam", lr=1e-3, batch_size=4),
@@ -197,6 +200,41 @@ def test_suppression_lowers_its_loss_and_logs_every_outer_step(tiny, tmp_path: P
     assert all(e["reinforcement_loss"] > 0 for e in log)
 
 
+def test_a_killed_run_resumes_from_its_checkpoint_bit_for_bit(tiny, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    params = dict(outer_steps=5, tasks=["qa_city", "qa_color"], guard=0.0, guard_every=2)
+    calls = []
+
+    def capability(model, tokenizer):
+        return {"recall": 1.0}
+
+    whole, whole_stats = run_sophon(tiny, tmp_path / "whole", capability, **params)
+
+    def killed(self, optimizer, count, grad_clip):  # the process dies in outer step 4
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return apply(self, optimizer, count, grad_clip)
+
+    apply = Suppression.apply
+    monkeypatch.setattr(Suppression, "apply", killed)
+    folder = tmp_path / "partial"
+    with pytest.raises(KeyboardInterrupt):  # a checkpoint after every outer step
+        run_sophon(tiny, tmp_path / "first", capability, Checkpoint(folder, every_s=0),
+                   **params)
+    assert Checkpoint(folder).load()["step"] == 3
+    monkeypatch.setattr(Suppression, "apply", apply)
+    resumed, stats = run_sophon(tiny, tmp_path / "second", capability,
+                                Checkpoint(folder, every_s=1e9), **params)
+    assert [s["from_step"] for s in stats["segments"]] == [1, 4]
+    assert [s["to_step"] for s in stats["segments"]] == [3, 5]
+    assert [e["step"] for e in stats["log"]] == list(range(1, 6))
+    a, b = weights(whole), weights(resumed)
+    assert all(torch.equal(a[n], b[n]) for n in a)  # as if never killed
+    assert [e["suppression_loss"] for e in stats["log"]] == \
+        [e["suppression_loss"] for e in whole_stats["log"]]
+
+
 def test_classification_query_and_presets(tiny, tmp_path: Path) -> None:
     _, stats = run_sophon(tiny, tmp_path, None, outer_steps=1, tasks=["qa_color"],
                           loss="ice_code", guard=None)
@@ -229,3 +267,36 @@ def test_matrix_with_sophon_and_a_held_out_task(tiny_raw, tmp_path: Path) -> Non
                output_dir=str(tmp_path / "bad"))
     with pytest.raises(ConfigError, match=r"defenses \(sophon\): params.tasks names \['qa_pet'\]"):
         resolve(bad)  # refused before anything runs
+
+
+def test_the_engine_resumes_a_stage_that_died_halfway(tiny_raw, monkeypatch) -> None:
+    """A SOPHON stage that dies in outer step 3 leaves its checkpoint in the store; the next run
+    resumes it there, and the entry written, the checkpoint is gone."""
+    tiny_raw["tasks"] = ["recall_city", "qa_city"]
+    tiny_raw["adversaries"] = [{"name": "full_ft", "params": {"steps": 1, "batch_size": 4}}]
+    tiny_raw["seeds"] = [0]
+    tiny_raw["checkpoint_every_s"] = 0
+    tiny_raw["defenses"] = [{"name": "sophon", "params": {
+        "outer_steps": 4, "inner_steps": 1, "query_batch": 4, "ntr_batch": 4, "test_steps": 0,
+        "guard": None, "n_strategies": 1,
+        "strategies": [{"optimizer": "sgd", "lr": 1e-3, "batch_size": 4}]}}]
+    apply, calls = Suppression.apply, []
+
+    def dies(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return apply(self, *args)
+
+    monkeypatch.setattr(Suppression, "apply", dies)
+    first = Runner(resolve(tiny_raw), progress=False, executor="sequential").run()
+    assert [s.label for s in first.failed if s.kind == "defend"] == ["sophon / base 0"]
+    store = Path(tiny_raw["output_dir"]) / "store" / "defend"
+    assert len(list((store / ".partial").iterdir())) == 1
+    monkeypatch.setattr(Suppression, "apply", apply)
+    second = Runner(resolve(tiny_raw), progress=False, executor="sequential",
+                    retry_failed=True).run()
+    assert not second.failed
+    stats = json.loads(next(store.glob("*/private/" + STATS_FILE)).read_text())
+    assert [(s["from_step"], s["to_step"]) for s in stats["segments"]] == [(1, 2), (3, 4)]
+    assert not any((store / ".partial").iterdir())
