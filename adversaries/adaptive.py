@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adversaries.finetune import FullFineTune, FullFineTuneConfig
+from nftbench.adversaries.finetune import FullFineTune, FullFineTuneConfig
 from nftbench.api import AttackContext
 from nftbench.data import encode_examples, example_batches, pad_id
 from nftbench.masks import global_topk, mask_fraction
@@ -57,11 +57,9 @@ class MaskRecoveryConfig(FullFineTuneConfig):
 
 
 @register_adversary("mask_recovery", version="1")
-class MaskRecovery(FullFineTune):
+class MaskRecovery(FullFineTune[MaskRecoveryConfig]):
     """Guess a private mask from the released weights, then fine-tune only the guess."""
 
-    Config = MaskRecoveryConfig
-    config: MaskRecoveryConfig
     owner_recipe = False  # an attack only
 
     def prepare(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -74,7 +72,7 @@ class MaskRecovery(FullFineTune):
         else:
             scores = self._saliency(model, tokenizer, examples, ctx.seed)
         guess = global_topk(scores, rho)
-        ctx.report_mask_guess(guess)
+        ctx.report_guess("mask", guess)
         ctx.report(guessed_fraction=mask_fraction(guess), estimated_rho=rho)
         keep = {n: guess[n].to(p.device, p.dtype) for n, p in params.items()}
 
@@ -114,11 +112,9 @@ class ReinitConfig(FullFineTuneConfig):
 
 
 @register_adversary("reinit", version="1")
-class Reinit(FullFineTune):
+class Reinit(FullFineTune[ReinitConfig]):
     """Re-initialize the output head or the smallest-magnitude weights, then fine-tune."""
 
-    Config = ReinitConfig
-    config: ReinitConfig
     owner_recipe = False  # an attack only
 
     def prepare(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -152,9 +148,7 @@ class LongHotConfig(FullFineTuneConfig):
 
 
 @register_adversary("long_hot", version="1")
-class LongHot(FullFineTune):
+class LongHot(FullFineTune[LongHotConfig]):
     """A long run with an adaptive optimizer and a large learning rate."""
 
-    Config = LongHotConfig
-    config: LongHotConfig
     owner_recipe = False  # an attack only

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -37,16 +37,14 @@ class FullFineTuneConfig(OptimConfig, PluginConfig):
             return self.steps
         return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
 
-    def optim(self) -> OptimConfig:
-        return OptimConfig(**self.model_dump(include=set(OptimConfig.model_fields)))
+
+FTConfigT = TypeVar("FTConfigT", bound=FullFineTuneConfig)
 
 
 @register_adversary("full_ft", version="1")
-class FullFineTune(Adversary):
+class FullFineTune(Adversary[FTConfigT]):
     """Full fine-tuning of all weights on the task's train split."""
 
-    Config = FullFineTuneConfig
-    config: FullFineTuneConfig
     owner_recipe = True  # the owner's authorized tuning uses the same recipe
 
     def attack(self, release: Release, examples: list[dict[str, Any]],

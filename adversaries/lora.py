@@ -8,13 +8,13 @@ copy. The base weights never change: only the adapters are trained.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adversaries.finetune import FullFineTuneConfig
+from nftbench.adversaries.finetune import FullFineTuneConfig
 from nftbench.api import Adversary, AttackContext, Release
 from nftbench.registry import register_adversary
 from nftbench.train import TrainResult
@@ -40,6 +40,9 @@ class LoraAttackConfig(FullFineTuneConfig):
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
                           target_modules=list(self.target_modules), bias="none",
                           task_type="CAUSAL_LM")
+
+
+LoraConfigT = TypeVar("LoraConfigT", bound=LoraAttackConfig)
 
 
 class QLoraAttackConfig(LoraAttackConfig):
@@ -80,11 +83,8 @@ def keep_4bit_layout(model: torch.nn.Module) -> None:
 
 
 @register_adversary("lora", version="1")
-class LoraAttack(Adversary):
+class LoraAttack(Adversary[LoraConfigT]):
     """LoRA: low-rank adapters on the frozen release's linear layers (peft)."""
-
-    Config = LoraAttackConfig
-    config: LoraAttackConfig
 
     def load(self, release: Release) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """The base the adapters go on."""
@@ -102,11 +102,8 @@ class LoraAttack(Adversary):
 
 
 @register_adversary("qlora", version="1")
-class QLoraAttack(LoraAttack):
+class QLoraAttack(LoraAttack[QLoraAttackConfig]):
     """QLoRA: LoRA adapters on a 4-bit (NF4) bitsandbytes copy of the release."""
-
-    Config = QLoraAttackConfig
-    config: QLoraAttackConfig
 
     def load(self, release: Release) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         from peft import prepare_model_for_kbit_training

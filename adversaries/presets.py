@@ -32,17 +32,15 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adversaries.finetune import FullFineTune, FullFineTuneConfig
-from adversaries.sweep import Sweep, SweepConfig
+from nftbench.adversaries.finetune import FullFineTune, FullFineTuneConfig
+from nftbench.adversaries.sweep import Sweep, SweepConfig
 from nftbench.registry import register_adversary
-from nftbench.train import OptimizerName, ScheduleName
 
 
 class SophonPaperConfig(FullFineTuneConfig):
     """SOPHON's evaluation attack (finetune_test.py); every field can still be overridden."""
 
-    optimizer: OptimizerName = Field("sgd_momentum",
-                                                      description="SGD with momentum")
+    optimizer: str = Field("sgd_momentum", description="SGD with momentum")
     momentum: float = Field(0.9, ge=0, lt=1, description="the paper's momentum")
     lr: float = Field(1e-4, gt=0, description="the paper's learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="the paper's (L2) weight decay")
@@ -51,11 +49,9 @@ class SophonPaperConfig(FullFineTuneConfig):
 
 
 @register_adversary("sophon_paper", version="1")
-class SophonPaper(FullFineTune):
+class SophonPaper(FullFineTune[SophonPaperConfig]):
     """SOPHON's own attack: SGD (momentum 0.9) at lr 1e-4, batch 200, 20 epochs."""
 
-    Config = SophonPaperConfig
-    config: SophonPaperConfig
     owner_recipe = False  # an attack only
 
 
@@ -91,34 +87,28 @@ class TarRedTeamConfig(SweepConfig):
 
 
 @register_adversary("tar_redteam", version="1")
-class TarRedTeam(Sweep):
+class TarRedTeam(Sweep[TarRedTeamConfig]):
     """TAR's red team: 6 optimizers x 4 schedules at lr 2e-5, 1,000 steps; the worst wins."""
-
-    Config = TarRedTeamConfig
-    config: TarRedTeamConfig
 
 
 class QiTarConfig(FullFineTuneConfig):
     """Qi et al.'s re-attack of TAR; every field can still be overridden."""
 
-    optimizer: OptimizerName = Field("adamw", description="adamw_torch")
+    optimizer: str = Field("adamw", description="adamw_torch")
     lr: float = Field(2e-5, gt=0, description="their learning rate")
     weight_decay: float = Field(0.01, ge=0, description="their weight decay")
     betas: tuple[float, float] = Field((0.9, 0.999), description="torch's defaults")
     steps: int = Field(1000, ge=1, description="their max_steps")
     batch_size: int = Field(64, ge=1, description="8 per device x 2 accumulation x 4 GPUs")
-    schedule: ScheduleName = Field(
-        "cosine", description="HF's cosine schedule")
+    schedule: str = Field("cosine", description="HF's cosine schedule")
     warmup_steps: int = Field(100, ge=0, description="their warm-up")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="HF's cosine ends at 0")
 
 
 @register_adversary("qi_tar", version="1")
-class QiTar(FullFineTune):
+class QiTar(FullFineTune[QiTarConfig]):
     """Qi et al.'s re-attack of TAR: AdamW lr 2e-5, 1,000 steps, warm-up 100 then cosine."""
 
-    Config = QiTarConfig
-    config: QiTarConfig
     owner_recipe = False
 
 
@@ -137,8 +127,5 @@ class QiLrGridConfig(SweepConfig):
 
 
 @register_adversary("qi_lr_grid", version="1")
-class QiLrGrid(Sweep):
+class QiLrGrid(Sweep[QiLrGridConfig]):
     """Qi et al.'s learning-rate grid: AdamW at 3e-5, 6e-5 and 8e-5; the worst wins."""
-
-    Config = QiLrGridConfig
-    config: QiLrGridConfig

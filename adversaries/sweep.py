@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -76,6 +76,9 @@ class SweepConfig(PluginConfig):
         return self
 
 
+SweepConfigT = TypeVar("SweepConfigT", bound=SweepConfig)
+
+
 def trial_params(params: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
     """One trial's parameters: the fixed ones, then the grid point's (a mapping value sets each
     of its fields)."""
@@ -92,6 +95,7 @@ def trial_params(params: dict[str, Any], point: dict[str, Any]) -> dict[str, Any
 def answer_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str, Any]],
                 batch_size: int = 64) -> float:
     """Mean loss on the answers of ``examples`` (the attacker's own validation signal)."""
+
     pad = pad_id(tokenizer)
     encoded = encode_examples(examples, tokenizer)
     batches = example_batches(encoded, min(batch_size, len(encoded)), seed=0, pad_id=pad)
@@ -103,11 +107,8 @@ def answer_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str,
 
 
 @register_adversary("sweep", version="1")
-class Sweep(Adversary):
+class Sweep(Adversary[SweepConfigT]):
     """The best attack over a hyperparameter grid, with the attacker-effort curve."""
-
-    Config = SweepConfig
-    config: SweepConfig
 
     def trials(self, seed: int) -> list[Adversary]:
         cfg = self.config
@@ -138,7 +139,7 @@ class Sweep(Adversary):
         best_score = float("nan")  # eval score of the trial selected so far
         effort, tokens, flops = [], 0, 0.0
         for i, trial in enumerate(self.trials(ctx.seed), start=1):
-            trial_ctx = replace(ctx, evaluate=evaluate, diagnostics={}, mask_guess=None,
+            trial_ctx = replace(ctx, evaluate=evaluate, diagnostics={}, outputs={},
                                 desc=f"{ctx.desc} trial {i}")
             result = trial.attack(release, train, trial_ctx)
             tokens, flops = tokens + result.tokens, flops + result.flops

@@ -45,7 +45,8 @@ def rss_kib(field: str) -> int:
 def build_release(folder: Path, task: str) -> None:
     """A random-init release of the default tiny model, plus the task's train examples."""
     from nftbench.models import ModelSpec, init_model, save_release, train_tokenizer
-    from nftbench.registry import TASKS, load_plugins
+    from nftbench.plugins import load_plugins
+    from nftbench.registry import TASKS
     from nftbench.world import World, WorldConfig
 
     load_plugins()
@@ -64,7 +65,8 @@ def measure(method: str, folder: Path, steps: int, warmup: int) -> dict[str, flo
     from nftbench.api import Release
     from nftbench.data import encode_examples, example_batches, pad_id
     from nftbench.models import ModelSpec
-    from nftbench.registry import ADVERSARIES, load_plugins
+    from nftbench.plugins import load_plugins
+    from nftbench.registry import ADVERSARIES
     from nftbench.train import count_matmul_params, train
 
     load_plugins()

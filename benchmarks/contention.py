@@ -86,17 +86,19 @@ def child(kind: str, folder: Path, steps: int, threads: int, torch_first: bool) 
               after_step=lambda _: stamps.append(time.perf_counter()), progress=False)
         # the mean over the timed steps: what a run's wall time feels
         return {"ms": 1e3 * (stamps[-1] - stamps[4]) / (len(stamps) - 5), "policy": policy}
-    from adversaries.finetune import FullFineTune, FullFineTuneConfig
+    from nftbench.adversaries.finetune import FullFineTune, FullFineTuneConfig
     from nftbench.api import AttackContext, Release
     from nftbench.evaluation import Evaluator
-    from nftbench.registry import TASKS, load_plugins
+    from nftbench.plugins import load_plugins
+    from nftbench.registry import TASKS
     from nftbench.worker import Scorer, budget_points
     from nftbench.world import World, WorldConfig
 
     load_plugins()
     world = World(WorldConfig())
     task = TASKS.get("qa_city")()
-    evaluator = Evaluator({"qa_city": task}, world, Path(tempfile.mkdtemp()), 64)
+    evaluator = Evaluator({"qa_city": task}, {"qa_city": task.examples("eval", world)},
+                          Path(tempfile.mkdtemp()), 64)
     examples = task.examples("train", world)
     release = Release(folder / "release", ModelSpec())
     wait_for_go(folder)

@@ -33,7 +33,7 @@ import yaml
 
 from nftbench.config import load_config
 from nftbench.engine import Runner
-from nftbench.registry import load_plugins
+from nftbench.plugins import load_plugins
 
 
 def templated(config: dict) -> dict:

@@ -23,10 +23,11 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from adversaries.finetune import FullFineTune, FullFineTuneConfig
+from nftbench.adversaries.finetune import FullFineTune, FullFineTuneConfig
 from nftbench.api import AttackContext, Release
 from nftbench.models import ModelSpec, init_model, save_release, train_tokenizer
-from nftbench.registry import TASKS, load_plugins
+from nftbench.plugins import load_plugins
+from nftbench.registry import TASKS
 from nftbench.world import World, WorldConfig
 
 

@@ -30,7 +30,8 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import pandas as pd
 
-from nftbench.metrics import NONE, SCRATCH, cell_table, crossing_step, rg_by_step
+from nftbench.metrics import cell_table, crossing_step, rg_by_step
+from nftbench.records import NONE, SCRATCH
 from nftbench.report import legend_beside, save_figure
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from defenses.pmp import PMP, PMPConfig
 from nftbench.api import DefenseContext
 from nftbench.config import PretrainConfig
 from nftbench.data import corpus_batches, pack_corpus
+from nftbench.defenses.pmp import PMP, PMPConfig
 from nftbench.models import ModelSpec, init_model, train_tokenizer
 from nftbench.train import train
 from nftbench.world import World, WorldConfig
@@ -46,7 +46,7 @@ def main() -> None:
     for _ in range(args.repeats):
         start = time.perf_counter()
         model = init_model(spec, tokenizer, pre.seed)
-        train(model, corpus_batches(corpus, pre.batch_size, pre.seed), pre.steps, pre.optim,
+        train(model, corpus_batches(corpus, pre.batch_size, pre.seed), pre.steps, pre.optim(),
               progress=False)
         times["dense pre-training"].append(time.perf_counter() - start)
         for label, cfg in (("PMP Stage II only", PMPConfig(rho=args.rho, mask="random")),

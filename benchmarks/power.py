@@ -33,7 +33,7 @@ from nftbench.config import load_config
 from nftbench.engine import Runner
 from nftbench.metrics import cell_table, relative_gain
 from nftbench.models import load_release, save_release
-from nftbench.registry import load_plugins
+from nftbench.plugins import load_plugins
 
 
 def interpolate(none_dir: Path, filtered_dir: Path, alpha: float, out: Path, spec) -> None:

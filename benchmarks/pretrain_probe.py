@@ -23,7 +23,7 @@ import torch
 from nftbench.config import load_config
 from nftbench.data import corpus_batches, pack_corpus
 from nftbench.models import init_model, train_tokenizer
-from nftbench.registry import load_plugins
+from nftbench.plugins import load_plugins
 from nftbench.train import train
 from nftbench.world import ATTRIBUTE_VALUES, World
 
@@ -82,7 +82,7 @@ def main() -> None:
 
         start = time.perf_counter()
         result = train(model, corpus_batches(corpus, pre.batch_size, seed), pre.steps,
-                       pre.optim, after_step=probe, progress=False)
+                       pre.optim(), after_step=probe, progress=False)
         losses = [round(x, 2) for x in result.losses[::max(1, pre.steps // 8)]]
         print(f"seed {seed} ({time.perf_counter() - start:.0f} s): loss {losses}; cloze "
               f"accuracy by step {json.dumps(marks)}", flush=True)

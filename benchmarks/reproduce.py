@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nftbench.engine import read_results
+from nftbench.records import read_results
 
 NUMBERS = {"final score": ("final_score", "final_ci_low", "final_ci_high"),
            "RG final": ("rg", "rg_ci_low", "rg_ci_high"),

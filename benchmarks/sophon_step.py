@@ -26,10 +26,11 @@ import pandas as pd
 def measure(k: int, n: int, repeats: int, device: str) -> dict:
     import torch
 
-    from defenses.sophon import SophonConfig, Strategy, Suppression, TaskData
     from nftbench.data import corpus_batches, pack_corpus
+    from nftbench.defenses.sophon import SophonConfig, Strategy, Suppression, TaskData
     from nftbench.models import ModelSpec, init_model, train_tokenizer
-    from nftbench.registry import TASKS, load_plugins
+    from nftbench.plugins import load_plugins
+    from nftbench.registry import TASKS
     from nftbench.train import peak_memory_mb
     from nftbench.world import World, WorldConfig
 

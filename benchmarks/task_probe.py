@@ -33,7 +33,8 @@ from nftbench.config import load_config
 from nftbench.data import encode_examples, example_batches, pad_id
 from nftbench.engine import Runner
 from nftbench.models import load_release
-from nftbench.registry import TASKS, load_plugins
+from nftbench.plugins import load_plugins
+from nftbench.registry import TASKS
 from nftbench.train import OptimConfig, train
 from nftbench.world import World
 

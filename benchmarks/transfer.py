@@ -24,7 +24,7 @@ import pandas as pd
 from nftbench.config import load_config
 from nftbench.engine import Runner
 from nftbench.metrics import seed_summary
-from nftbench.registry import load_plugins
+from nftbench.plugins import load_plugins
 
 
 def transfer_table(results: pd.DataFrame) -> pd.DataFrame:

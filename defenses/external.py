@@ -36,20 +36,19 @@ def folder_fingerprint(pattern: str) -> str:
     return digest.hexdigest()[:16]
 
 
+class ExternalConfig(PluginConfig):
+    path: str = Field(description="release folder, or a template with {base} (the base's "
+                      "pre-training seed)")
+
+    @computed_field(description="content hash of the folders (enters the stage key)")
+    @property
+    def fingerprint(self) -> str:
+        return folder_fingerprint(self.path)
+
+
 @register_defense("external", version="1")
-class ExternalRelease(Defense):
+class ExternalRelease(Defense[ExternalConfig]):
     """A release made elsewhere: a folder, or one per base (path with {base})."""
-
-    class Config(PluginConfig):
-        path: str = Field(description="release folder, or a template with {base} (the base's "
-                          "pre-training seed)")
-
-        @computed_field(description="content hash of the folders (enters the stage key)")
-        @property
-        def fingerprint(self) -> str:
-            return folder_fingerprint(self.path)
-
-    config: Config
 
     def folder(self, base: int) -> Path:
         return Path(self.config.path.format(base=base))

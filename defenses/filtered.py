@@ -24,17 +24,16 @@ from nftbench.train import train
 from nftbench.world import ATTRIBUTE_VALUES
 
 
+class FilteredConfig(PluginConfig):
+    attributes: list[str] = Field(
+        ["color"], min_length=1,
+        description="world attributes whose facts are removed from the pre-training corpus "
+        f"({', '.join(ATTRIBUTE_VALUES)})")
+
+
 @register_defense("filtered", version="1")
-class FilteredPretraining(Defense):
+class FilteredPretraining(Defense[FilteredConfig]):
     """Positive control: pre-train on the corpus with the named attributes' facts removed."""
-
-    class Config(PluginConfig):
-        attributes: list[str] = Field(
-            ["color"], min_length=1,
-            description="world attributes whose facts are removed from the pre-training corpus "
-            f"({', '.join(ATTRIBUTE_VALUES)})")
-
-    config: Config
 
     def check(self, matrix: Any) -> list[str]:
         unknown = [a for a in self.config.attributes if a not in ATTRIBUTE_VALUES]
@@ -51,7 +50,7 @@ class FilteredPretraining(Defense):
         corpus = ctx.corpus_without(self.config.attributes)
         model = ctx.init_model(pre.seed)
         result = train(model, corpus_batches(corpus, pre.batch_size, pre.seed),
-                       pre.steps, pre.optim, desc="filtered pretrain", progress=ctx.progress)
+                       pre.steps, pre.optim(), desc="filtered pretrain", progress=ctx.progress)
         if result.diverged:
             raise FloatingPointError(f"filtered pre-training diverged at step "
                                      f"{result.diverged_at}")

@@ -7,11 +7,8 @@ from nftbench.registry import PluginConfig, register_defense
 
 
 @register_defense("none", version="1")
-class NoDefense(Defense):
+class NoDefense(Defense[PluginConfig]):
     """Release the dense pre-trained base as is (the reference every defense is compared with)."""
-
-    class Config(PluginConfig):
-        pass
 
     def defend(self, ctx: DefenseContext) -> None:
         if ctx.base is None:

@@ -41,14 +41,15 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field
 from transformers import PreTrainedModel
 
-from nftbench.api import Authorization, Defense, DefenseContext
+from nftbench.api import AttackOutcome, Authorization, Defense, DefenseContext
 from nftbench.masks import MASK_FILE, Mask, global_topk, load_mask, mask_iou, save_mask
+from nftbench.masks import attack_diagnostics as mask_attack_diagnostics
 from nftbench.registry import PluginConfig, register_defense
 from nftbench.train import OptimConfig, train
 
@@ -94,6 +95,9 @@ class PMPConfig(PluginConfig):
     log_every: int = Field(50, ge=1, description="steps between complement-norm records")
 
 
+PMPConfigT = TypeVar("PMPConfigT", bound=PMPConfig)
+
+
 def excluded(name: str, param: torch.Tensor, exclude: tuple[str, ...]) -> bool:
     if "embeddings" in exclude and ("embed_tokens" in name or "lm_head" in name):
         return True
@@ -131,11 +135,10 @@ def random_rows(model: torch.nn.Module, rho: float, gen: torch.Generator) -> Mas
 
 
 @register_defense("pmp", version="3")
-class PMP(Defense):
+class PMP(Defense[PMPConfigT]):
     """Private Mask Pre-Training: train a sparse ticket found early, release dense weights."""
 
-    Config = PMPConfig
-    config: PMPConfig
+    authorized_tuning = True  # the owner tunes only the ticket (its private mask)
 
     def defend(self, ctx: DefenseContext) -> None:
         cfg, pre = self.config, ctx.pretrain
@@ -168,7 +171,7 @@ class PMP(Defense):
                 norms.append((step, ticket.complement_norm()))
 
         result = train(model, ctx.corpus_batches(pre.batch_size, pre.seed), pre.steps,
-                       pre.optim, grad_hook=ticket.grad_hook, after_step=hold_complement,
+                       pre.optim(), grad_hook=ticket.grad_hook, after_step=hold_complement,
                        desc="pmp stage II", progress=ctx.progress)
         if result.diverged:
             raise FloatingPointError(f"PMP stage II diverged at step {result.diverged_at}")
@@ -181,6 +184,10 @@ class PMP(Defense):
         ctx.save_release(model)
         save_mask(mask, ctx.private_dir / MASK_FILE)
         (ctx.private_dir / STATS_FILE).write_text(json.dumps(stats, indent=1))
+
+    def attack_diagnostics(self, private_dir: Path, outcome: AttackOutcome) -> dict[str, Any]:
+        """The ticket against the attack: a guessed mask's IoU, the update's share on it."""
+        return mask_attack_diagnostics(load_mask(private_dir / MASK_FILE), outcome)
 
     def authorize(self, private_dir: Path) -> Callable[[PreTrainedModel], Authorization]:
         """The owner's tuning: only the ticket's elements move, the complement stays as
@@ -223,7 +230,7 @@ class PMP(Defense):
                 return True
             return False
 
-        lr = cfg.eb_lr if cfg.eb_lr is not None else ctx.pretrain.optim.lr
+        lr = cfg.eb_lr if cfg.eb_lr is not None else ctx.pretrain.optim().lr
         optim = OptimConfig(optimizer="adamw", lr=lr, weight_decay=0.0, grad_clip=1.0)
         result = train(model, ctx.corpus_batches(cfg.eb_batch_size, ctx.pretrain.seed + 1),
                        cfg.eb_max_steps, optim, grad_hook=score, after_step=check,
@@ -242,11 +249,8 @@ class PMPIntentConfig(PMPConfig):
 
 
 @register_defense("pmp_intent", version="1")
-class PMPIntent(PMP):
+class PMPIntent(PMP[PMPIntentConfig]):
     """PMP as the paper intends it: a mask that stops changing (EMA of |grad|, per-tensor rho)."""
-
-    Config = PMPIntentConfig
-    config: PMPIntentConfig
 
 
 class PMPRowsConfig(PMPConfig):
@@ -259,11 +263,8 @@ class PMPRowsConfig(PMPConfig):
 
 
 @register_defense("pmp_rows", version="1")
-class PMPRows(PMP):
+class PMPRows(PMP[PMPRowsConfig]):
     """PMP as the authors' frozen_un.py: 30% of each linear layer's output rows stay at init."""
-
-    Config = PMPRowsConfig
-    config: PMPRowsConfig
 
 
 class TicketHooks:

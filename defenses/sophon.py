@@ -136,6 +136,7 @@ class SophonConfig(PluginConfig):
 
 def suppression_loss(scores: torch.Tensor, target: torch.Tensor, loss: Loss) -> torch.Tensor:
     """Mean suppression loss over rows of ``scores`` [n, C] (logits) with gold ``target`` [n]."""
+
     logp = scores.float().log_softmax(-1)
     if loss == "klu":
         return (-math.log(scores.shape[-1]) - logp.mean(-1)).mean()
@@ -213,6 +214,7 @@ class TaskData:
 def query_loss(model: torch.nn.Module, params: Params, query: dict[str, Any],
                loss: Loss) -> torch.Tensor:
     """The suppression loss of the model with weights ``params`` on a query batch."""
+
     batch = {k: query[k].to(next(iter(params.values())).device)
              for k in ("input_ids", "attention_mask", "labels")}
     logits = functional_call(model, params, (), {"input_ids": batch["input_ids"],
@@ -287,11 +289,9 @@ class Suppression:
 # -- the defense -------------------------------------------------------------------------------
 
 @register_defense("sophon", version="1")
-class Sophon(Defense):
+class Sophon(Defense[SophonConfig]):
     """Non-fine-tunable learning: simulated fine-tuning suppressed, the corpus reinforced."""
 
-    Config = SophonConfig
-    config: SophonConfig
     uses_restricted_data = True
 
     def check(self, matrix: Any) -> list[str]:

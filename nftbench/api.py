@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from nftbench.checkpoint import Checkpoint
 from nftbench.data import corpus_batches, encode_examples, example_batches, pad_id
 from nftbench.models import RELEASE_FILES, ModelSpec, init_model, load_release, save_release
-from nftbench.registry import Plugin
+from nftbench.registry import ConfigT, Plugin
 from nftbench.train import OptimConfig, TrainResult, train
 
 
@@ -50,22 +50,43 @@ class Authorization:
     after_step: Callable[[int], bool | None] | None = None  # after every optimizer step
 
 
-class Defense(Plugin):
+@dataclass
+class AttackOutcome:
+    """What an attack on a defense's release left behind, for the defense's
+    :meth:`Defense.attack_diagnostics` (the harness builds it; no adversary sees it)."""
+
+    release: Path  # the public release the attack started from
+    model: PreTrainedModel | None  # the model the attack trained last (None if it diverged)
+    guesses: dict[str, Any]  # what the adversary guessed of private artifacts, by kind
+    result: TrainResult
+
+
+class Defense(Plugin[ConfigT]):
     """Turns a model spec (+ corpus, + restricted-task data if it needs it) into a release."""
 
-    #: set True if the defense trains on restricted tasks' data (enters its cache key)
+    #: set True if the defense trains on restricted tasks' data: it then receives them and the
+    #: scorers, and their fingerprints enter its cache key (without it, it receives neither)
     uses_restricted_data: ClassVar[bool] = False
+    #: set True if the owner can fine-tune its own release with private artifacts
+    #: (:meth:`authorize`): the matrix then gets the owner's rows, marked authorized
+    authorized_tuning: ClassVar[bool] = False
 
     def defend(self, ctx: DefenseContext) -> None:
         """Build the release with ``ctx.save_release``; private artifacts go to
         ``ctx.private_dir``."""
         raise NotImplementedError
 
-    def authorize(self, private_dir: Path) -> Callable[[PreTrainedModel], Authorization] | None:
+    def authorize(self, private_dir: Path) -> Callable[[PreTrainedModel], Authorization]:
         """The owner's authorized fine-tuning, from the private artifacts in ``private_dir``:
-        a function of the loaded release model. None (the default): the owner tunes like
-        anyone else, so there is no authorized row."""
-        return None
+        a function of the loaded release model. Only called where ``authorized_tuning``."""
+        raise NotImplementedError(f"{type(self).__name__} sets authorized_tuning but does not "
+                                  "implement authorize()")
+
+    def attack_diagnostics(self, private_dir: Path, outcome: AttackOutcome) -> dict[str, Any]:
+        """Numbers about one attack on this defense's release that need its private artifacts
+        (PMP: how much of the update fell on the private mask, how well a guessed mask
+        matches it). Stored with the attack's curve; the default measures nothing."""
+        return {}
 
 
 @dataclass
@@ -115,25 +136,31 @@ class AttackContext:
     desc: str = "attack"
     #: free-form numbers an adversary reports (stored with the curve)
     diagnostics: dict[str, Any] = field(default_factory=dict)
-    #: an adversary's guess of a private mask; the harness scores it after the attack returns
-    mask_guess: dict[str, torch.Tensor] | None = None
+    #: what the attack leaves for the harness besides its curve: guesses of private artifacts
+    #: by kind (:meth:`report_guess`) and the model :meth:`finetune` trained last ("model")
+    outputs: dict[str, Any] = field(default_factory=dict)
     #: scores the capability tasks; run once on the attacked model after training
     evaluate_capability: Callable[[PreTrainedModel, PreTrainedTokenizerBase],
                                   dict[str, float]] | None = None
     #: set by the harness only in authorized cells (the owner tuning its own release); None in
     #: every attack, so no adversary is ever handed a private artifact
     authorization: Callable[[PreTrainedModel], Authorization] | None = None
-    #: the model :meth:`finetune` trained last (the harness measures its update)
-    trained: PreTrainedModel | None = None
 
     def report(self, **values: Any) -> None:
         """Record diagnostics of this attack (JSON-serializable values)."""
         self.diagnostics.update(values)
 
-    def report_mask_guess(self, mask: dict[str, torch.Tensor]) -> None:
-        """Hand the harness a guessed mask (parameter name -> bool tensor). The harness, not
-        the adversary, compares it with the defense's private mask, if there is one."""
-        self.mask_guess = {name: m.detach().bool().cpu() for name, m in mask.items()}
+    def report_guess(self, kind: str, value: Any) -> None:
+        """Hand the harness a guess of a private artifact (``"mask"``: parameter name -> bool
+        tensor). The defense, not the adversary, scores it against the real one
+        (:meth:`Defense.attack_diagnostics`)."""
+        if isinstance(value, dict):
+            value = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in value.items()}
+        self.outputs[f"guess:{kind}"] = value
+
+    def guesses(self) -> dict[str, Any]:
+        return {k.removeprefix("guess:"): v for k, v in self.outputs.items()
+                if k.startswith("guess:")}
 
     def finetune(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  examples: list[dict[str, Any]], *, steps: int, batch_size: int,
@@ -149,7 +176,7 @@ class AttackContext:
             owner = self.authorization(model)
             after_step = owner.after_step
             grad_hook = chain(grad_hook, owner.grad_hook)
-        self.trained = model
+        self.outputs["model"] = model  # the harness hands it to the defense's diagnostics
         result = train(model, batches, steps, optim, params=params,
                        eval_at=self.budget_points(steps),
                        on_eval=lambda step: self.evaluate(model, tokenizer),
@@ -161,7 +188,7 @@ class AttackContext:
         return result
 
 
-class Adversary(Plugin):
+class Adversary(Plugin[ConfigT]):
     """Fine-tunes a public release on a task under a budget and returns the curve."""
 
     #: the owner of a defense with authorized tuning (PMP) also runs this recipe, restricted

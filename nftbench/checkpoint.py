@@ -14,6 +14,7 @@ private: they never enter a release, and they are not results (no cache key cove
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -22,9 +23,53 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import torch
+from safetensors.torch import load_file, save_file
 
-STATE_FILE = "state.pt"
+TENSORS_FILE = "state.safetensors"
+TREE_FILE = "state.json"
 T = TypeVar("T")
+
+
+def flatten(tree: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A tree of dicts, lists, tuples, tensors and JSON values as (JSON tree, tensors): each
+    tensor becomes a named reference, tensors sharing storage are stored once, and dict keys
+    and tuples keep their types (an optimizer's state is keyed by int)."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen: dict[tuple, str] = {}
+
+    def walk(x: Any) -> Any:
+        if torch.is_tensor(x):
+            x = x.detach()
+            ident = (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape),
+                     x.stride(), x.dtype)
+            if ident not in seen:
+                seen[ident] = f"t{len(seen)}"
+                tensors[seen[ident]] = x.cpu().contiguous()
+            return {"__tensor__": seen[ident]}
+        if isinstance(x, dict):
+            return {"__dict__": [[walk(k), walk(v)] for k, v in x.items()]}
+        if isinstance(x, tuple):
+            return {"__tuple__": [walk(v) for v in x]}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        if x is None or isinstance(x, bool | int | float | str):
+            return x
+        raise TypeError(f"a checkpoint holds tensors and plain values, not {type(x).__name__}")
+
+    return walk(tree), tensors
+
+
+def unflatten(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of :func:`flatten`."""
+    if isinstance(tree, list):
+        return [unflatten(v, tensors) for v in tree]
+    if isinstance(tree, dict):
+        if "__tensor__" in tree:
+            return tensors[tree["__tensor__"]]
+        if "__tuple__" in tree:
+            return tuple(unflatten(v, tensors) for v in tree["__tuple__"])
+        return {unflatten(k, tensors): unflatten(v, tensors) for k, v in tree["__dict__"]}
+    return tree
 
 
 class Checkpoint:
@@ -37,30 +82,36 @@ class Checkpoint:
         self.folder = Path(folder) if folder is not None else None
         self.every_s = every_s
         self._last = time.monotonic()
-
-    @property
-    def path(self) -> Path | None:
-        return self.folder / STATE_FILE if self.folder is not None else None
+        self._saves = 0
 
     def load(self) -> dict[str, Any] | None:
         """The last saved state, or None if there is none."""
-        if self.path is None or not self.path.exists():
+        if self.folder is None or not (self.folder / TREE_FILE).exists():
             return None
-        # weights_only: the state is tensors and plain containers, never arbitrary objects
-        return torch.load(self.path, map_location="cpu", weights_only=True)
+        # safetensors and JSON: loading a checkpoint runs no code (no pickle anywhere)
+        saved = json.loads((self.folder / TREE_FILE).read_text())
+        return unflatten(saved["tree"], load_file(self.folder / saved["tensors"]))
 
     def due(self) -> bool:
         """True when ``every_s`` seconds have passed since the last save (or the start)."""
         return self.folder is not None and time.monotonic() - self._last >= self.every_s
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write ``state`` atomically: a killed save leaves the previous checkpoint intact."""
+        """Write ``state``. The tree file is replaced last and names the tensors file it goes
+        with, so a save killed halfway leaves the previous checkpoint whole."""
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{STATE_FILE}.{os.getpid()}"
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        tree, tensors = flatten(state)
+        self._saves += 1
+        name = f"{TENSORS_FILE}.{os.getpid()}.{self._saves}"
+        save_file(tensors, self.folder / name)
+        tmp = self.folder / f".{TREE_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps({"tensors": name, "tree": tree}))
+        os.replace(tmp, self.folder / TREE_FILE)
+        for old in self.folder.glob(f"{TENSORS_FILE}.*"):  # earlier saves' tensors
+            if old.name != name:
+                old.unlink(missing_ok=True)
         self._last = time.monotonic()
 
     def clear(self) -> None:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nftbench.registry import REGISTRIES, describe_config, load_plugins
+from nftbench.plugins import load_plugins
+from nftbench.registry import REGISTRIES, describe_config
+from nftbench.run_folder import RunFolder
 
 EXIT_CONFIG = 2
 
@@ -59,8 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nftbench.executors import ExecutorError
 
     run_dir = matrix.config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _setup_logging(run_dir / "run.log", args.quiet)
+    _setup_logging(RunFolder(run_dir).create().log_file, args.quiet)
     log = logging.getLogger("nftbench")
     m = matrix
     log.info("run %s: %d bases x %d defenses x %d adversaries x %d restricted tasks x %d "
@@ -193,6 +194,15 @@ def cmd_list(args: argparse.Namespace) -> int:
                 desc = f"  # {f['description']}" if f["description"] else ""
                 print(f"      {f['field']}: {f['type']} = {f['default']!r}{desc}")
         print()
+    if not args.kind:  # values of `optimizer` and `schedule` in any config
+        from nftbench.optim import OPTIMIZERS, SCHEDULES
+
+        print("optimizers:")
+        for name in OPTIMIZERS.names():
+            options = OPTIMIZERS.get(name).options
+            print(f"  {name}" + (f" (options: {', '.join(options.model_fields)})"
+                                 if options is not None else ""))
+        print(f"\nschedules: {', '.join(SCHEDULES.names())}")
     return 0
 
 

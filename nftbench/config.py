@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import types
 import typing
@@ -41,9 +42,10 @@ class ConfigError(ValueError):
         super().__init__(f"invalid {source}:\n" + "\n".join(f"  - {e}" for e in errors))
 
 
-class PretrainConfig(BaseModel):
+class PretrainConfig(OptimConfig):
     """Pre-training of the base model on the corpus (shared by every defense that starts from it;
-    defenses that pre-train themselves, like PMP, use the same budget)."""
+    defenses that pre-train themselves, like PMP, use the same budget). The optimizer fields
+    are flat, as in every adversary's params (OptimConfig's, with pre-training's defaults)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     steps: int = Field(800, ge=0, description="optimizer steps (0 for a hub model: use as is)")
@@ -54,11 +56,22 @@ class PretrainConfig(BaseModel):
         None, min_length=1,
         description="pre-training seeds, one base each: every defense is applied to every base, "
         "and intervals cover the variation across bases (overrides `seed`)")
-    optim: OptimConfig = Field(
-        default_factory=lambda: OptimConfig(lr=3e-3, schedule="cosine", warmup_steps=50,
-                                            min_lr_ratio=0.0, weight_decay=0.0),
-        description="optimizer of pre-training (tuned on the embedded world: at lr 5e-3 with "
-        "weight decay 0.1 some pre-training seeds never left the loss plateau)")
+    # tuned on the embedded world: at lr 5e-3 with weight decay 0.1 some pre-training seeds
+    # never left the loss plateau
+    lr: float = Field(3e-3, gt=0, description="peak learning rate")
+    schedule: str = Field("cosine", description="a registered schedule (see OptimConfig)")
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor, as a fraction of lr")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_optimizer(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "optim" in raw:
+            fields = raw["optim"] if isinstance(raw["optim"], dict) else {}
+            flat = ", ".join(f"{k}: {v}" for k, v in fields.items()) or "lr: 0.003, ..."
+            raise ValueError(f"pretrain.optim is gone: the optimizer fields sit at pretrain's top "
+                             f"level, as in every adversary's params; write pretrain: {{{flat}}}")
+        return raw
 
     @model_validator(mode="after")
     def _one_way_to_name_bases(self) -> PretrainConfig:
@@ -83,8 +96,10 @@ class PretrainConfig(BaseModel):
 
     def key_payload(self, seed: int) -> dict[str, Any]:
         """What of this config names one base's pre-training in a stage key (not the other
-        bases: adding a base never changes an existing base's key)."""
-        return self.for_base(seed).model_dump(mode="json", exclude={"seeds"})
+        bases: adding a base never changes an existing base's key). The optimizer keeps the
+        nested place it had when keys were first published, so flat fields changed no key."""
+        return {"steps": self.steps, "batch_size": self.batch_size, "seq_len": self.seq_len,
+                "seed": seed, "optim": self.optim().model_dump(mode="json")}
 
 
 class EvalConfig(BaseModel):
@@ -193,11 +208,57 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class MatrixData:
+    """The data a matrix reads, resolved once: the embedded world and every task's examples by
+    split. Fingerprints (in stage keys) and item counts (in results) are computed from it."""
+
+    world: World
+    examples: dict[str, dict[str, list[dict[str, Any]]]]  # task label -> split -> examples
+
+    @classmethod
+    def load(cls, config: MatrixConfig, tasks: list[Variant], world: World | None = None
+             ) -> tuple[MatrixData, list[str]]:
+        """Every task's splits; a split that cannot be read is an error line, not an
+        exception, so a config reports all of them together."""
+        world = world or World(config.world)
+        examples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        errors = []
+        for task in tasks:
+            examples[task.label] = {}
+            for split in task.plugin.splits:
+                try:
+                    examples[task.label][split] = task.plugin.examples(split, world)
+                except (ValueError, KeyError, FileNotFoundError) as err:
+                    errors.append(f"tasks ({task.label}), {split} split: {err}")
+        return cls(world, examples), errors
+
+    def fingerprints(self, tasks: list[Variant]) -> dict[str, str]:
+        return {t.label: t.plugin.fingerprint_of(self.examples[t.label]) for t in tasks}
+
+    def n_items(self, label: str) -> int | None:
+        """Eval items behind a score (None for a task scored by an lm-eval task by name)."""
+        split = self.examples.get(label, {}).get("eval")
+        return None if split is None else len(split)
+
+
+@dataclass(frozen=True)
 class Matrix:
     config: MatrixConfig
     defenses: list[Variant]
     adversaries: list[Variant]
     tasks: list[Variant]
+    #: the tasks' data, read once by :func:`resolve` (None when it was told not to)
+    data: MatrixData | None = None
+
+    def resolved_data(self) -> MatrixData:
+        """The data, read now if :func:`resolve` skipped it (raises on a split it cannot
+        read)."""
+        if self.data is not None:
+            return self.data
+        data, errors = MatrixData.load(self.config, self.tasks)
+        if errors:
+            raise ConfigError(errors)
+        return data
 
     @property
     def capability_tasks(self) -> list[Variant]:
@@ -296,7 +357,8 @@ def format_errors(err: ValidationError, prefix: str = "",
         else:
             value = e.get("input")
             shown = repr(value) if not isinstance(value, dict) else "{...}"
-            lines.append(f"{path} = {shown}: {e['msg']}")
+            msg = e["msg"].removeprefix("Value error, ")  # our own validators' messages
+            lines.append(f"{path} = {shown}: {msg}")
     return lines
 
 
@@ -370,9 +432,10 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> Matrix:
+def resolve(raw: dict[str, Any], overrides: list[str] = (), check_data: bool = True) -> Matrix:
     """Validate a raw config (plus overrides) completely and expand it into a :class:`Matrix`.
-    Raises :class:`ConfigError` listing every problem; writes nothing."""
+    Raises :class:`ConfigError` listing every problem; writes nothing. ``check_data`` off skips
+    loading every task's splits (the only check that needs a hub dataset's files)."""
     raw = yaml.safe_load(yaml.safe_dump(raw))  # a deep copy that overrides may mutate
     for assignment in overrides:
         apply_override(raw, assignment)
@@ -405,16 +468,13 @@ def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> Matrix:
     for field in ("defenses", "adversaries", "tasks"):
         for v in getattr(matrix, field):
             errors += [f"{field} ({v.label}): {e}" for e in v.plugin.check(matrix)]
-    world = World(config.world)
-    for task in matrix.tasks:
-        for split in task.plugin.splits:
-            try:
-                task.plugin.examples(split, world)
-            except (ValueError, KeyError, FileNotFoundError) as err:
-                errors.append(f"tasks ({task.label}), {split} split: {err}")
+    data = None
+    if check_data:
+        data, data_errors = MatrixData.load(config, matrix.tasks)
+        errors += data_errors
     if errors:
         raise ConfigError(errors)
-    return matrix
+    return dataclasses.replace(matrix, data=data)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Matrix:

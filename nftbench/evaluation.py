@@ -24,7 +24,6 @@ import yaml
 
 from nftbench.store import write_text_atomic
 from nftbench.task import Task, lm_eval_yaml
-from nftbench.world import World
 
 LM_EVAL_PREFIX = "nft_"
 #: what an evaluation stage stores; enters the key of every stage that stores scores, so a
@@ -67,16 +66,18 @@ def metric_key(task: Task) -> str:
     return "acc,none" if task.kind == "classification" else "exact_match,none"
 
 
-def write_lm_eval_tasks(tasks: dict[str, Task], world: World | None, folder: Path) -> Path:
-    """Write each generated task's eval data and lm-eval YAML under ``folder``. Each file is
-    replaced atomically: concurrent workers of one run write the same content side by side."""
+def write_lm_eval_tasks(tasks: dict[str, Task], eval_examples: dict[str, list[dict[str, Any]]],
+                        folder: Path) -> Path:
+    """Write each generated task's eval data (``eval_examples``, by label) and lm-eval YAML
+    under ``folder``. Each file is replaced atomically: concurrent workers of one run write the
+    same content side by side."""
     folder.mkdir(parents=True, exist_ok=True)
     for label, task in tasks.items():
         if task.config.lm_eval_task:
             continue
         name = lm_eval_name(label, task)
         data_file = folder / f"{name}.jsonl"
-        lines = "".join(json.dumps(ex) + "\n" for ex in task.examples("eval", world))
+        lines = "".join(json.dumps(ex) + "\n" for ex in eval_examples[label])
         write_text_atomic(data_file, lines)
         config = lm_eval_yaml(task, name, data_file)
         write_text_atomic(folder / f"{name}.yaml", yaml.safe_dump(config, sort_keys=False))
@@ -86,12 +87,12 @@ def write_lm_eval_tasks(tasks: dict[str, Task], world: World | None, folder: Pat
 class Evaluator:
     """Scores in-memory models on a fixed set of tasks through lm-eval."""
 
-    def __init__(self, tasks: dict[str, Task], world: World | None, folder: Path,
-                 batch_size: int = 64) -> None:
+    def __init__(self, tasks: dict[str, Task], eval_examples: dict[str, list[dict[str, Any]]],
+                 folder: Path, batch_size: int = 64) -> None:
         from lm_eval.tasks import TaskManager, get_task_dict
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
-        write_lm_eval_tasks(tasks, world, folder)
+        write_lm_eval_tasks(tasks, eval_examples, folder)
         uses_builtin = any(t.config.lm_eval_task for t in tasks.values())
         manager = TaskManager(include_path=str(folder), include_defaults=uses_builtin)
         self.tasks = dict(tasks)

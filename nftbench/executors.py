@@ -33,9 +33,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from nftbench.plan import Job
+from nftbench.records import Job, StageLog
 from nftbench.threads import MARKER, POLICY_VARIABLES
-from nftbench.worker import StageLog, StageWorker, WorkerSpec
+from nftbench.worker import StageWorker, WorkerSpec
 
 log = logging.getLogger("nftbench")
 EXECUTORS = ("sequential", "pool", "ray")

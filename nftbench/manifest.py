@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
 import subprocess
@@ -20,7 +19,7 @@ from nftbench.threads import openmp_runtime
 
 if TYPE_CHECKING:
     from nftbench.config import Matrix
-    from nftbench.engine import RunOutcome
+    from nftbench.records import RunOutcome
 
 PACKAGES = ("nftbench", "torch", "transformers", "tokenizers", "peft", "bitsandbytes", "datasets",
             "lm_eval", "pandas", "matplotlib", "safetensors", "pydantic")
@@ -98,9 +97,10 @@ def hardware(threads: int | None = None) -> dict[str, Any]:
     return info
 
 
-def write_manifest(path: Path, matrix: Matrix, outcome: RunOutcome,
-                   data: dict[str, Any], execution: dict[str, Any] | None = None
-                   ) -> dict[str, Any]:
+def build_manifest(matrix: Matrix, outcome: RunOutcome, data: dict[str, Any],
+                   execution: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a run folder's ``manifest.json`` holds (:class:`nftbench.run_folder.RunFolder`
+    writes it)."""
     config = matrix.config.model_dump(mode="json")
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -118,5 +118,4 @@ def write_manifest(path: Path, matrix: Matrix, outcome: RunOutcome,
         "wall_s": round(outcome.wall_s, 3),
         "stages": [asdict(s) for s in outcome.stages],
     }
-    path.write_text(json.dumps(manifest, indent=1, default=str))
     return manifest

@@ -3,18 +3,25 @@
 A mask is a dict ``parameter name -> bool tensor`` of the parameter's shape. On disk it is a
 safetensors file of bit-packed ``uint8`` tensors (8 elements a byte) with the shapes in its
 metadata. A defense's true mask (PMP's ticket) is a *private* artifact: it lives in the defend
-stage's ``private/`` folder and only the harness reads it, to score an attacker's guess.
+stage's ``private/`` folder, and only the defense reads it after an attack
+(:func:`attack_diagnostics`), to score an attacker's guess and where the attack's update fell.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
+
+from nftbench.models import weight_update
+
+if TYPE_CHECKING:
+    from nftbench.api import AttackOutcome
 
 Mask = dict[str, torch.Tensor]
 MASK_FILE = "mask.safetensors"
@@ -111,3 +118,18 @@ def update_share(update: dict[str, torch.Tensor], mask: Mask) -> float | None:
         on += float(d2[mask[name].bool()].sum())
         total += float(d2.sum())
     return on / total if total > 0 else None
+
+
+def attack_diagnostics(mask: Mask, outcome: AttackOutcome) -> dict[str, float]:
+    """What a private mask says about one attack: ``mask_iou`` of the adversary's guessed mask
+    (if it reported one), ``update_share_ticket`` (the share of the attack's update, squared
+    L2, on the mask) beside ``ticket_fraction`` (the share an even update would put there).
+    A defense with a private mask returns this from ``Defense.attack_diagnostics``."""
+    out: dict[str, float] = {}
+    if "mask" in outcome.guesses:
+        out["mask_iou"] = mask_iou(outcome.guesses["mask"], mask)
+    if outcome.model is not None:
+        share = update_share(weight_update(outcome.model, outcome.release), mask)
+        if share is not None:
+            out |= {"update_share_ticket": share, "ticket_fraction": mask_fraction(mask)}
+    return out

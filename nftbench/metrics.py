@@ -43,8 +43,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from nftbench.records import NONE, SCRATCH
+
 CELL = ["release", "base", "adversary", "task", "seed"]
-NONE, SCRATCH = "none", "scratch"
 NO_BASE = -1  # grid index of scratch cells (scratch has no pre-training run)
 METHOD = ("t over bases (crossed bases x seeds; the seed component kept when an F test finds "
           "it, Satterthwaite df); ratios by Fieller; every mean adds the eval items' "
@@ -202,8 +203,8 @@ def ratio_interval(num: np.ndarray, den: np.ndarray, level: float = 0.95,
     if b * s == 1 and not known.any():
         if d_bar < max(min_gap, 1e-12):
             return Estimate(n_bases=b, n_seeds=s,
-                            undefined=f"{what} = {d_bar:.3f} is within noise (one cell: "
-                            "no interval)")
+                            undefined=f"{what} = {d_bar:.3f} is under the minimum gap "
+                            f"{min_gap:g} (one cell: no interval)")
         return Estimate(n_bar / d_bar, float("nan"), float("nan"), b, s)
     r_hat = n_bar / d_bar if d_bar != 0 else 0.0
     w = np.array([1.0, -r_hat])
@@ -221,9 +222,13 @@ def ratio_interval(num: np.ndarray, den: np.ndarray, level: float = 0.95,
         return Estimate(n_bases=b, n_seeds=s, undefined=(
             f"negative transfer: {what} = {d_bar:.3f} [{d_lo:.3f}, {d_hi:.3f}], "
             "the pre-trained model gains less than scratch"))
-    if d_bar < min_gap or d_lo <= 0:
+    if d_lo <= 0:
         return Estimate(n_bases=b, n_seeds=s, undefined=(
             f"{what} = {d_bar:.3f} [{d_lo:.3f}, {d_hi:.3f}] is within noise"))
+    if d_bar < min_gap:
+        return Estimate(n_bases=b, n_seeds=s, undefined=(
+            f"{what} = {d_bar:.3f} [{d_lo:.3f}, {d_hi:.3f}] is under the minimum gap "
+            f"{min_gap:g}: too small a gain to divide by"))
     # (n - r d)^2 <= t^2 (v_nn - 2 r v_nd + r^2 v_dd): a r^2 + b r + c <= 0 with a > 0
     qa = d_bar**2 - t**2 * v[1, 1]
     qb = -2 * (n_bar * d_bar - t**2 * v[0, 1])

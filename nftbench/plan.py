@@ -17,36 +17,14 @@ comparison.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nftbench.api import Defense
 from nftbench.config import Matrix
 from nftbench.evaluation import EVAL_FORMAT
+from nftbench.records import SCRATCH, Job
 from nftbench.store import content_key, stage_key
 from nftbench.world import World
-
-SCRATCH = "scratch"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One stage of the DAG, as plain data (it travels to worker processes and Ray actors)."""
-
-    kind: str
-    label: str
-    key: str
-    payload: dict[str, Any]
-    deps: tuple[str, ...] = ()  # ids of the jobs whose entries this one reads
-    args: dict[str, Any] = field(default_factory=dict)  # what the worker needs to find inputs
-    cell: dict[str, Any] | None = None  # an attack cell's row ids (release, adversary, ...)
-
-    @property
-    def id(self) -> str:
-        return f"{self.kind}:{self.key}"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"id": self.id}
 
 
 def _job(kind: str, label: str, payload: dict[str, Any], **kw: Any) -> Job:
@@ -54,8 +32,8 @@ def _job(kind: str, label: str, payload: dict[str, Any], **kw: Any) -> Job:
 
 
 def has_authorization(defense: Defense) -> bool:
-    """Whether the defense overrides ``authorize`` (so the owner gets cells of its own)."""
-    return type(defense).authorize is not Defense.authorize
+    """Whether the owner gets cells of its own (the defense declares authorized tuning)."""
+    return defense.authorized_tuning
 
 
 def base_label(seed: int) -> str:

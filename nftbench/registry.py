@@ -8,29 +8,21 @@ papers' settings, each documented at the field) registered by a decorator::
         class Config(PluginConfig):
             lr: float = Field(1e-4, gt=0, description="learning rate")
 
-Built-in plugins live in the top-level packages ``defenses/``, ``adversaries/`` and ``tasks/``;
-third-party ones are found through the ``nftbench.plugins`` entry-point group or a folder of
-Python files given with ``--plugins DIR``. The registry name and ``version`` enter every cache
-key, so bumping a plugin's version invalidates its stored results.
+Built-in plugins live in the folders ``defenses/``, ``adversaries/`` and ``tasks/`` (installed
+as ``nftbench.defenses`` and so on); :func:`nftbench.plugins.load_plugins` imports them, the
+``nftbench.plugins`` entry-point group and any ``--plugins DIR``. Importing this module
+registers nothing. The registry name and ``version`` enter every cache key, so bumping a
+plugin's version invalidates its stored results.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-import importlib.util
-import pkgutil
-import sys
 import types
 import typing
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
-
-ENTRY_POINT_GROUP = "nftbench.plugins"
-BUILTIN_PACKAGES = ("defenses", "adversaries", "tasks")
 
 
 class PluginConfig(BaseModel):
@@ -39,15 +31,35 @@ class PluginConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Plugin:
-    """Base class of defenses, adversaries and tasks."""
+ConfigT = TypeVar("ConfigT", bound=PluginConfig)
+
+
+class Plugin(Generic[ConfigT]):
+    """Base class of defenses, adversaries and tasks, generic in its config class.
+
+    A plugin names its config once, as the type parameter: ``class MyAttack(Adversary[MyConfig])``
+    sets ``MyAttack.Config = MyConfig`` (what the registry validates ``params`` with) and types
+    ``self.config`` as ``MyConfig``. A subclass that names none inherits its parent's."""
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     Config: ClassVar[type[PluginConfig]] = PluginConfig
+    config: ConfigT
 
-    def __init__(self, config: PluginConfig | None = None) -> None:
-        self.config = config if config is not None else self.Config()
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Config" in cls.__dict__:  # set explicitly in the class body
+            return
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            for arg in typing.get_args(base):
+                if isinstance(arg, TypeVar):  # still generic: its bound (Defense[ConfigT])
+                    arg = arg.__bound__
+                if isinstance(arg, type) and issubclass(arg, PluginConfig):
+                    cls.Config = arg
+                    return
+
+    def __init__(self, config: ConfigT | None = None) -> None:
+        self.config = config if config is not None else self.Config()  # type: ignore[assignment]
 
     def check(self, matrix: Any) -> list[str]:
         """Errors this plugin finds in the matrix it is part of (e.g. a task it names that the
@@ -131,46 +143,6 @@ def register_adversary(name: str, *, version: str = "1") -> Callable[[P], P]:
 
 def register_task(name: str, *, version: str = "1") -> Callable[[P], P]:
     return TASKS.register(name, version=version)
-
-
-def _import_package_modules(package: str) -> None:
-    pkg = importlib.import_module(package)
-    for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
-        importlib.import_module(info.name)
-
-
-def _import_file(path: Path) -> None:
-    module_name = f"nftbench_plugin_{path.parent.name}_{path.stem}"
-    if module_name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import plugin file {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception:
-        del sys.modules[module_name]
-        raise
-
-
-def load_plugins(plugin_dirs: Iterable[str | Path] = ()) -> None:
-    """Import built-in plugins, entry-point plugins, and every ``*.py`` (and task ``*.yaml``) in
-    each plugin folder. Safe to call more than once."""
-    for package in BUILTIN_PACKAGES:
-        _import_package_modules(package)
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
-    for folder in plugin_dirs:
-        folder = Path(folder).expanduser().resolve()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"--plugins: {folder} is not a directory")
-        for path in sorted(folder.glob("*.py")):
-            _import_file(path)
-        from tasks import register_task_files  # declarative tasks may live beside the code
-
-        register_task_files(folder)
 
 
 def type_repr(annotation: Any) -> str:

@@ -26,9 +26,7 @@ import pandas as pd
 from nftbench.metrics import (
     METHOD,
     NO_BASE,
-    NONE,
     OWNER,
-    SCRATCH,
     as_grid,
     cell_table,
     complete_grid,
@@ -43,6 +41,7 @@ from nftbench.metrics import (
     utility,
     variance_components,
 )
+from nftbench.records import CAPABILITY_AFTER, NONE, SCRATCH
 
 # Okabe-Ito: distinguishable with every common colour-vision deficiency
 # Okabe-Ito (colour-blind safe) first, then distinct tab10 hues: a matrix of up to 13 releases
@@ -90,7 +89,7 @@ def leaderboard(results: pd.DataFrame, cfg: ReportConfig = ReportConfig()) -> pd
     def util_of(release: str, column: str) -> float:
         return util[column].get(release, np.nan) if len(util) else np.nan
 
-    after = results[results.metric.str.startswith("capability_after/")
+    after = results[results.metric.str.startswith(CAPABILITY_AFTER)
                     & ~results.authorized.astype(bool)]
     rows = []
     for (release, adversary, task), g in cells.groupby(["release", "adversary", "task"]):

@@ -142,7 +142,7 @@ def measure(matrix: Any, tasks: list[str], *, iters: int = 50, tol: float = 1e-3
         folder = runner.store.path(job.kind, job.key) / "release"
         for task in tasks:
             model, tokenizer = load_release(folder, matrix.config.model)
-            s = release_sharpness(model, tokenizer, plugins[task].examples("train", runner.world),
+            s = release_sharpness(model, tokenizer, runner.data.examples[task]["train"],
                                   iters=iters, tol=tol)
             rows.append({"defense": job.args["defense"], "base": job.args["base_seed"],
                          "task": task, "eigenvalue": s.eigenvalue, "iterations": s.iterations,

@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import string
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from nftbench.registry import TASKS, Plugin, PluginConfig
 from nftbench.world import World
+
+log = logging.getLogger("nftbench")
 
 Split = Literal["train", "eval"]
 
@@ -106,11 +110,8 @@ def template_fields(template: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(template) if f}
 
 
-class Task(Plugin):
+class Task(Plugin[TaskConfig]):
     """Base of tasks. Subclasses provide :meth:`examples`."""
-
-    Config = TaskConfig
-    config: TaskConfig
 
     @property
     def role(self) -> str:
@@ -136,7 +137,11 @@ class Task(Plugin):
     def fingerprint(self, world: World | None) -> str:
         """Content hash of the data nftbench reads (and of the lm-eval task it names): enters
         every cache key that depends on this task."""
-        data = [self.examples(split, world) for split in self.splits]
+        return self.fingerprint_of({split: self.examples(split, world) for split in self.splits})
+
+    def fingerprint_of(self, examples: dict[str, list[dict[str, Any]]]) -> str:
+        """:meth:`fingerprint` of examples already read (split -> examples)."""
+        data = [examples[split] for split in self.splits]
         payload = json.dumps([data, self.config.lm_eval_task], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -269,6 +274,31 @@ def define_task(spec: dict[str, Any], origin: str = "") -> type[TemplateTask]:
     }
     config_cls = create_model(f"{name}_config", __base__=TaskConfig, **fields)
     doc = validated.description or f"{validated.role} {validated.kind} task"
-    cls = type(name, (TemplateTask,), {"Config": config_cls, "__doc__": doc,
-                                        "__module__": f"tasks.{name}", "__qualname__": name})
+    cls = type(name, (TemplateTask,), {"Config": config_cls, "__doc__": doc, "__qualname__": name,
+                                        "__module__": f"nftbench.tasks.{name}"})
     return TASKS.register(name)(cls)
+
+
+#: top-level keys of a run config that no task definition has (a config kept beside plugins)
+RUN_CONFIG_KEYS = frozenset({"defenses", "adversaries", "tasks", "seeds", "pretrain"})
+
+
+def register_task_files(folder: str | Path) -> list[str]:
+    """Register every ``*.yaml`` task definition in ``folder``; returns the names. A YAML file
+    that is not a task definition (a run config kept beside plugins) is skipped with a
+    warning that names it."""
+    names = []
+    for path in sorted(Path(folder).glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        if not isinstance(spec, dict) or "name" not in spec or RUN_CONFIG_KEYS & spec.keys():
+            log.warning("%s is not a task definition (a task file is a mapping with a 'name' and "
+                        "no %s); skipped", path, "/".join(sorted(RUN_CONFIG_KEYS)))
+            continue
+        if spec["name"] in TASKS:
+            names.append(spec["name"])
+            continue
+        try:
+            names.append(define_task(spec, origin=str(path)).name)
+        except Exception as err:
+            raise ValueError(f"{path}: {err}") from err
+    return names

@@ -22,90 +22,13 @@ import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from tqdm.auto import tqdm
 
 from nftbench.data import IGNORE
-
-OptimizerName = Literal["sgd", "sgd_momentum", "sgd_nesterov", "adam", "adamw", "rmsprop",
-                        "adagrad", "adadelta"]
-ScheduleName = Literal["constant", "cosine", "linear_warmup", "sgdr"]
-#: fields added after stage keys were published: at their defaults they are left out of a dump
-#: (and so of every key), so adding one never changes an existing key
-LATER_FIELDS = {"restart_steps": 100, "cosine_span": 1.0}
-
-
-class OptimConfig(BaseModel):
-    """Optimizer, schedule and clipping of one training run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    optimizer: OptimizerName = Field("adamw", description="optimizer family")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="(decoupled for adamw) weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam-family betas")
-    momentum: float = Field(0.9, ge=0, lt=1, description="momentum of sgd_momentum/nesterov")
-    schedule: ScheduleName = Field(
-        "constant",
-        description="constant; cosine (warm-up then cosine to min_lr_ratio); "
-        "linear_warmup (linear warm-up then constant); sgdr (warm-up then cosine cycles of "
-        "restart_steps, each restarting at lr: SGDR, Loshchilov & Hutter 2017)",
-    )
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor, as a fraction of lr")
-    grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null = off")
-    restart_steps: int = Field(100, ge=1, description="(sgdr) steps per cosine cycle (TAR's "
-                               "red team: 100)")
-    cosine_span: float = Field(1.0, gt=0, description="(cosine) the half-period as a multiple "
-                               "of the steps after warm-up: 1 ends at the floor; TAR's red team "
-                               "anneals over 4x its run, so its rate ends near the top")
-
-    @model_serializer(mode="wrap")
-    def _stable_keys(self, handler: Any) -> dict[str, Any]:
-        out = handler(self)
-        for name, default in LATER_FIELDS.items():
-            if out.get(name) == default:
-                del out[name]
-        return out
-
-
-def build_optimizer(params: Sequence[torch.nn.Parameter] | Sequence[dict[str, Any]],
-                    cfg: OptimConfig) -> torch.optim.Optimizer:
-    """An optimizer over ``params`` (tensors or param groups) as ``cfg`` says."""
-    o, lr, wd = cfg.optimizer, cfg.lr, cfg.weight_decay
-    if o == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
-    if o in ("sgd_momentum", "sgd_nesterov"):
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=cfg.momentum,
-                               nesterov=o == "sgd_nesterov")
-    if o == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=cfg.betas, weight_decay=wd)
-    if o == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=wd)
-    if o == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
-    if o == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
-    if o == "adadelta":
-        return torch.optim.Adadelta(params, lr=lr, weight_decay=wd)
-    raise ValueError(f"optimizer {o!r}")  # unreachable: OptimConfig validates the name
-
-
-def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
-    """Multiplier of the peak learning rate at ``step`` (0-based)."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "cosine":
-        span = max(1, total - cfg.warmup_steps) * cfg.cosine_span
-        progress = min(1.0, (step - cfg.warmup_steps) / span)
-    elif cfg.schedule == "sgdr":
-        progress = ((step - cfg.warmup_steps) % cfg.restart_steps) / cfg.restart_steps
-    else:
-        return 1.0
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+from nftbench.optim import OptimConfig, build_optimizer, lr_factor
 
 
 def count_matmul_params(model: torch.nn.Module) -> tuple[int, int]:

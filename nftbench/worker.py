@@ -22,29 +22,28 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import nftbench
-from nftbench.api import AttackContext, DefenseContext, Release
+from nftbench.api import AttackContext, AttackOutcome, DefenseContext, Release
 from nftbench.checkpoint import Checkpoint
-from nftbench.config import Matrix, resolve
+from nftbench.config import Matrix, MatrixData, resolve
 from nftbench.data import corpus_batches, pack_corpus
 from nftbench.evaluation import Evaluator
-from nftbench.masks import MASK_FILE, load_mask, mask_fraction, mask_iou, update_share
 from nftbench.models import (
     init_model,
     load_pretrained,
     load_tokenizer,
     save_release,
     train_tokenizer,
-    weight_update,
 )
-from nftbench.plan import Job
-from nftbench.registry import load_plugins
+from nftbench.plugins import load_plugins
+from nftbench.records import Job, StageLog
+from nftbench.run_folder import RunFolder
 from nftbench.store import Store
 from nftbench.threads import openmp_runtime
 from nftbench.train import train
@@ -53,33 +52,14 @@ from nftbench.world import World
 log = logging.getLogger("nftbench")
 
 
-@dataclass
-class StageLog:
-    """What happened to one stage in one run."""
-
-    kind: str
-    label: str
-    key: str
-    cached: bool
-    wall_s: float  # in this run (0 for a stage found in the store)
-    computed_wall_s: float | None = None  # when the stored entry was computed
-    status: str = "ok"  # ok | failed
-    error: str | None = None  # the traceback of a failure
-    reason: str | None = None  # a failure in one line: out of memory, time limit, disk full...
-    worker: str | None = None  # host:pid that ran it
-    started: float | None = None  # epoch seconds, on the worker
-    finished: float | None = None
-    dispatch_s: float | None = None  # driver's submit-to-result time minus the worker's time
-    threads: int | None = None  # torch threads the stage ran with
-    wait_policy: dict[str, Any] | None = None  # the worker's OpenMP wait policy and runtime
-
-
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything a worker process needs to rebuild the matrix: plain data only."""
 
     config: dict[str, Any]  # the resolved MatrixConfig, dumped to JSON types
     plugin_dirs: tuple[str, ...] = ()
+    #: every task's examples by split, as the driver read them (None: read them again)
+    examples: dict[str, dict[str, list[dict[str, Any]]]] | None = None
     progress: bool = True
     threads: int | None = None  # torch threads of every stage (the config's; None: as is)
 
@@ -108,17 +88,20 @@ class StageWorker:
         if matrix is None:  # a fresh process: plugins and the matrix from plain data
             quiet_libraries()
             load_plugins(spec.plugin_dirs)
-            matrix = resolve(spec.config)
+            matrix = resolve(spec.config, check_data=spec.examples is None)
+            if spec.examples is not None:  # the driver's, read once for the whole run
+                matrix = replace(matrix, data=MatrixData(World(matrix.config.world),
+                                                         spec.examples))
         self.matrix = matrix
         self.cfg = matrix.config
         self.progress = spec.progress
         self.threads = spec.threads
         self.store = Store(self.cfg.store_path)
-        self.world = World(self.cfg.world)
+        self.data = matrix.resolved_data()
+        self.world = self.data.world
         self.variants = {(v.kind, v.label): v for kind in ("defenses", "adversaries", "tasks")
                          for v in getattr(matrix, kind)}
-        self.task_data = {t.label: {s: t.plugin.examples(s, self.world) for s in t.plugin.splits}
-                          for t in matrix.tasks}
+        self.task_data = self.data.examples
         self.whoami = f"{socket.gethostname()}:{os.getpid()}"
         self.wait_policy = {**nftbench.WAIT_POLICY, "runtime": openmp_runtime()}
         self._evaluator: Evaluator | None = None
@@ -131,7 +114,9 @@ class StageWorker:
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:
             self._evaluator = Evaluator({t.label: t.plugin for t in self.matrix.tasks},
-                                        self.world, self.cfg.run_dir / "lm_eval_tasks",
+                                        {label: split.get("eval", [])
+                                         for label, split in self.task_data.items()},
+                                        RunFolder(self.cfg.run_dir).lm_eval_tasks,
                                         self.cfg.eval.batch_size)
         return self._evaluator
 
@@ -229,7 +214,7 @@ class StageWorker:
         tokenizer = self.tokenizer(job.args["tokenizer"])
         model = init_model(spec, tokenizer, pre.seed) if spec.is_tiny else load_pretrained(spec)
         batches = corpus_batches(self.corpus(tokenizer), pre.batch_size, pre.seed)
-        result = train(model, batches, pre.steps, pre.optim, desc="pretrain",
+        result = train(model, batches, pre.steps, pre.optim(), desc="pretrain",
                        progress=self.progress)
         if result.diverged:
             raise FloatingPointError(f"pre-training diverged at step {result.diverged_at}")
@@ -240,15 +225,20 @@ class StageWorker:
     def build_defend(self, job: Job, tmp: Path) -> None:
         variant = self.variants[("defense", job.args["defense"])]
         tokenizer = self.tokenizer(job.args["tokenizer"])
+        # Task data and scorers only for a defense whose key covers them (uses_restricted_data
+        # puts the tasks' fingerprints in it): no defense can read what its key does not name.
+        reads_tasks = variant.plugin.uses_restricted_data
         restricted = {t.label: self.task_data[t.label]["train"]
-                      for t in self.matrix.restricted_tasks}
+                      for t in self.matrix.restricted_tasks} if reads_tasks else {}
         ctx = DefenseContext(spec=self.cfg.model, tokenizer=tokenizer,
                              corpus=self.corpus(tokenizer),
                              pretrain=self.cfg.pretrain.for_base(job.args["base_seed"]),
                              base=self.release(job.args["base"]), restricted=restricted,
                              release_dir=tmp / "release", private_dir=tmp / "private",
-                             progress=self.progress, evaluate=self.evaluator,
-                             evaluate_capability=self.capability_evaluator(),
+                             progress=self.progress,
+                             evaluate=self.evaluator if reads_tasks else None,
+                             evaluate_capability=self.capability_evaluator() if reads_tasks
+                             else None,
                              corpus_without=functools.partial(self.filtered_corpus, tokenizer),
                              checkpoint=self.checkpoint(job))
         ctx.private_dir.mkdir()
@@ -275,13 +265,8 @@ class StageWorker:
         task = a["task"]
         release_dir = self.entry(a["release"])
         private = release_dir / "private"  # a defended release's; scratch has none
-        owner = None
-        if a["owner"]:
-            defense = self.variants[("defense", a["release_label"])]
-            owner = defense.plugin.authorize(private)
-            if owner is None:
-                raise RuntimeError(f"{defense.label} declares authorized tuning but its "
-                                   "authorize() returned None")
+        defense = self.variants.get(("defense", a["release_label"]))  # None for scratch
+        owner = defense.plugin.authorize(private) if a["owner"] else None
         points = self.cfg.eval.budget_points
         who = "owner " if owner else ""
         # The adversary gets a view of the public release outside the store (walking up from
@@ -298,15 +283,10 @@ class StageWorker:
             torch.manual_seed(a["seed"])
             result = adversary.plugin.attack(release, self.task_data[task]["train"], ctx)
             diagnostics = dict(ctx.diagnostics)
-            if (private / MASK_FILE).exists():
-                mask = load_mask(private / MASK_FILE)
-                if ctx.mask_guess is not None:
-                    diagnostics["mask_iou"] = mask_iou(ctx.mask_guess, mask)
-                if ctx.trained is not None and not result.diverged:
-                    share = update_share(weight_update(ctx.trained, release.path), mask)
-                    if share is not None:
-                        diagnostics["update_share_ticket"] = share
-                        diagnostics["ticket_fraction"] = mask_fraction(mask)
+            if defense is not None:  # what only the defense's private artifacts can measure
+                diagnostics |= defense.plugin.attack_diagnostics(private, AttackOutcome(
+                    release=release.path, guesses=ctx.guesses(), result=result,
+                    model=None if result.diverged else ctx.outputs.get("model")))
         write_json(tmp / "curve.json", {
             "diagnostics": diagnostics,
             "diverged_at": result.diverged_at, "steps": result.steps,

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from nftbench.registry import load_plugins
+from nftbench.plugins import load_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PLUGINS = ROOT / "examples" / "plugins"

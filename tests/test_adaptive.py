@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from adversaries.adaptive import (
+from nftbench.adversaries.adaptive import (
     LongHotConfig,
     MaskRecovery,
     MaskRecoveryConfig,
@@ -21,6 +21,7 @@ from adversaries.adaptive import (
 from nftbench.api import AttackContext, Defense, DefenseContext, Release
 from nftbench.cli import main
 from nftbench.masks import MASK_FILE, global_topk, load_mask, mask_iou, save_mask
+from nftbench.masks import attack_diagnostics as mask_attack_diagnostics
 from nftbench.models import ModelSpec, TinyLlamaConfig, init_model, save_release, train_tokenizer
 from nftbench.registry import ADVERSARIES, PluginConfig, register_defense
 from nftbench.world import World, WorldConfig
@@ -43,16 +44,16 @@ def shrink_complement(model: torch.nn.Module, seed: int) -> dict[str, torch.Tens
 
 
 @register_defense("test_shrunk_complement", version="1")
-class ShrunkComplement(Defense):
+class ShrunkComplement(Defense[PluginConfig]):
     """Test-only: the base with a random complement shrunk toward zero; the mask kept private."""
-
-    class Config(PluginConfig):
-        pass
 
     def defend(self, ctx: DefenseContext) -> None:
         model, _ = ctx.base.load()
         save_mask(shrink_complement(model, seed=0), ctx.private_dir / MASK_FILE)
         ctx.save_release(model)
+
+    def attack_diagnostics(self, private_dir, outcome):
+        return mask_attack_diagnostics(load_mask(private_dir / MASK_FILE), outcome)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     mask = shrink_complement(model, seed=1)
     shrunk = Release(save_release(model, tokenizer, folder / "shrunk"), SPEC)
     from nftbench.registry import TASKS
-    from tasks import register_task_files  # noqa: F401  (built-in tasks are registered)
+    from nftbench.task import register_task_files  # noqa: F401  (built-in tasks are registered)
 
     examples = TASKS.get("qa_city")().examples("train", world)
     return dense, shrunk, mask, examples
@@ -91,7 +92,7 @@ def test_mask_recovery_recovers_a_shrunk_complement(setup) -> None:
     assert estimate_trained_fraction(list(model.parameters())) == pytest.approx(RHO, abs=0.02)
     ctx = context()
     MaskRecovery(MaskRecoveryConfig(steps=2, batch_size=4)).attack(shrunk, examples, ctx)
-    assert mask_iou(ctx.mask_guess, true_mask) >= 0.9
+    assert mask_iou(ctx.guesses()["mask"], true_mask) >= 0.9
     assert ctx.diagnostics["estimated_rho"] == pytest.approx(RHO, abs=0.02)
 
 
@@ -111,7 +112,7 @@ def test_mask_recovery_trains_only_the_guess(setup) -> None:
     assert result.losses[-1] < result.losses[0]
     after = dict(captured["model"].named_parameters())
     for name, p in before.named_parameters():
-        outside = ~ctx.mask_guess[name]
+        outside = ~ctx.guesses()["mask"][name]
         assert torch.equal(p[outside], after[name].detach()[outside]), name
     changed = sum(int((p != after[n].detach()).sum()) for n, p in before.named_parameters())
     assert changed > 0
@@ -126,7 +127,7 @@ def test_saliency_guess(setup) -> None:
     # batches get no gradient at all. Two independent masks of density RHO have an expected IoU
     # of RHO^2 / (2 RHO - RHO^2) = 0.18; the guess must clearly beat that.
     chance = RHO**2 / (2 * RHO - RHO**2)
-    assert mask_iou(ctx.mask_guess, true_mask) > 2 * chance
+    assert mask_iou(ctx.guesses()["mask"], true_mask) > 2 * chance
 
 
 @pytest.mark.parametrize("target", ["head", "smallest"])
@@ -192,7 +193,7 @@ def test_sweep_selects_and_records_attacker_effort(tiny_raw: dict[str, Any],
 
 
 def test_sweep_config_is_validated() -> None:
-    from adversaries.sweep import Sweep, SweepConfig
+    from nftbench.adversaries.sweep import Sweep, SweepConfig
 
     with pytest.raises(ValueError, match="grid"):
         SweepConfig(grid={})
@@ -207,8 +208,8 @@ def test_sweep_config_is_validated() -> None:
 
 
 def test_epochs_budget_is_the_right_number_of_steps() -> None:
-    from adversaries.finetune import FullFineTuneConfig
-    from adversaries.lora import LoraAttackConfig
+    from nftbench.adversaries.finetune import FullFineTuneConfig
+    from nftbench.adversaries.lora import LoraAttackConfig
 
     assert FullFineTuneConfig(steps=70).budget_steps(50) == 70
     # SOPHON's attack: 20 epochs at batch 200 over 50 examples = 1,000 examples = 5 steps
@@ -220,7 +221,8 @@ def test_epochs_budget_is_the_right_number_of_steps() -> None:
 
 
 def test_sophon_paper_preset_is_the_papers_attack() -> None:
-    from nftbench.registry import ADVERSARIES, load_plugins
+    from nftbench.plugins import load_plugins
+    from nftbench.registry import ADVERSARIES
 
     load_plugins()
     cfg = ADVERSARIES.get("sophon_paper").Config()
@@ -234,7 +236,8 @@ def test_sophon_paper_preset_is_the_papers_attack() -> None:
 def test_paper_attack_presets() -> None:
     """TAR's red team is 6 optimizers x 4 schedules at the authors' settings; Qi et al.'s
     presets are their scripts' values; all select the worst trial as the papers report."""
-    from nftbench.registry import ADVERSARIES, load_plugins
+    from nftbench.plugins import load_plugins
+    from nftbench.registry import ADVERSARIES
 
     load_plugins()
     tar = ADVERSARIES.get("tar_redteam")

@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 from nftbench.cli import main
-from nftbench.engine import read_results
+from nftbench.records import read_results
 
 
 def run(raw: dict[str, Any], tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:

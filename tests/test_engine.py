@@ -19,16 +19,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from adversaries.finetune import FullFineTune
+from nftbench.adversaries.finetune import FullFineTune
 from nftbench.cli import main
 from nftbench.config import ConfigError, resolve
 from nftbench.engine import run_status
 from nftbench.executors import schedule
-from nftbench.plan import Job
+from nftbench.records import Job, StageLog
 from nftbench.registry import register_adversary
 from nftbench.store import Store
 from nftbench.threads import MARKER, POLICY_VARIABLES, WAIT_POLICY
-from nftbench.worker import StageLog
 
 ROOT = Path(__file__).resolve().parent.parent
 VOLATILE = ["wall_s", "peak_mem_mb"]  # measured, not computed: they differ between runs

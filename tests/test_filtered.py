@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from defenses.external import folder_fingerprint
 from nftbench.cli import main
 from nftbench.config import ConfigError, resolve
+from nftbench.defenses.external import folder_fingerprint
 from nftbench.world import ATTRIBUTE_VALUES, World, WorldConfig
 
 COLORS = set(ATTRIBUTE_VALUES["color"])

@@ -18,10 +18,11 @@ import pytest
 import torch
 import yaml
 
-from adversaries.finetune import FullFineTune
+from nftbench.adversaries.finetune import FullFineTune
 from nftbench.api import Defense, Release
 from nftbench.cli import main
-from nftbench.engine import run_status
+from nftbench.config import resolve
+from nftbench.engine import Runner, run_status
 from nftbench.models import (
     ModelSpec,
     NonFiniteWeights,
@@ -323,7 +324,7 @@ KILLED_WORKER = '''
 import os
 import signal
 
-from adversaries.finetune import FullFineTune
+from nftbench.adversaries.finetune import FullFineTune
 from nftbench.registry import register_adversary
 
 
@@ -444,3 +445,40 @@ def test_filtering_drops_unusable_records_and_says_why(tmp_path: Path) -> None:
                                          r"'q'\)|empty after filtering: all 2 records were "
                                          r"dropped \(1 without 'q', 1 with a label outside"):
         task.examples("eval", None)
+
+
+@register_defense("test_what_a_defense_sees", version="1")
+class WhatADefenseSees(Defense[PluginConfig]):
+    """Test-only: writes down which task data and scorers it was given (the base is released)."""
+
+    def defend(self, ctx):
+        seen = {"restricted": sorted(ctx.restricted), "evaluate": ctx.evaluate is not None,
+                "capability": ctx.evaluate_capability is not None}
+        (ctx.private_dir / "seen.json").write_text(json.dumps(seen))
+        ctx.save_release(ctx.base.load()[0])
+
+
+@register_defense("test_what_a_reading_defense_sees", version="1")
+class WhatAReadingDefenseSees(WhatADefenseSees):
+    """Test-only: the same, declaring that it trains on restricted data."""
+
+    uses_restricted_data = True
+
+
+def test_only_a_defense_that_declares_task_data_receives_it(tiny_raw: dict[str, Any]) -> None:
+    """A defense's key covers the restricted tasks only if it declares uses_restricted_data;
+    without the flag it gets no task data and no scorer, so it cannot depend on what its key
+    does not name."""
+    tiny_raw["defenses"] = ["test_what_a_defense_sees", "test_what_a_reading_defense_sees"]
+    outcome = Runner(resolve(tiny_raw), progress=False, executor="sequential").run()
+    assert not [s for s in outcome.failed if s.kind == "defend"]
+    seen = {}
+    for entry in (Path(tiny_raw["output_dir"]) / "store" / "defend").glob("*/entry.json"):
+        payload = json.loads(entry.read_text())["payload"]
+        seen[payload["defense"]] = (json.loads((entry.parent / "private/seen.json").read_text()),
+                                    "restricted" in payload)
+    blind, blind_keyed = seen["test_what_a_defense_sees"]
+    reader, reader_keyed = seen["test_what_a_reading_defense_sees"]
+    assert blind == {"restricted": [], "evaluate": False, "capability": False}
+    assert not blind_keyed and reader_keyed
+    assert reader["restricted"] and reader["evaluate"] and reader["capability"]

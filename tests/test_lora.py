@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from adversaries.lora import (
+from nftbench.adversaries.lora import (
     LLAMA_LINEARS,
     LoraAttack,
     LoraAttackConfig,

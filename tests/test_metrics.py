@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from nftbench.engine import RESULT_COLUMNS, row
 from nftbench.metrics import (
     cell_summary,
     cell_table,
@@ -26,6 +25,7 @@ from nftbench.metrics import (
     utility,
     variance_components,
 )
+from nftbench.records import RESULT_COLUMNS, row
 
 
 def curve(release: str, seed: int, scores: list[float], status: str = "ok",
@@ -147,7 +147,9 @@ def test_ratio_undefined_when_denominator_is_within_noise_or_negative() -> None:
     noisy = rng.normal(0.02, 0.1, (3, 3))
     assert "within noise" in ratio_interval(noisy + 0.3, noisy, min_gap=0.0).undefined
     small = np.full((3, 3), 0.03) + rng.normal(0, 1e-4, (3, 3))
-    assert "within noise" in ratio_interval(small, small, min_gap=0.05).undefined
+    under = ratio_interval(small, small, min_gap=0.05).undefined  # its interval excludes 0
+    assert "under the minimum gap 0.05" in under and "noise" not in under
+    assert "minimum gap" in ratio_interval(small[:1, :1], small[:1, :1], min_gap=0.05).undefined
     negative = -0.4 + rng.normal(0, 0.02, (3, 3))
     assert ratio_interval(negative, negative).undefined.startswith("negative transfer")
 

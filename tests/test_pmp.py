@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from adversaries.finetune import FullFineTune
-from defenses.pmp import PMP, STATS_FILE, PMPConfig
+from nftbench.adversaries.finetune import FullFineTune
 from nftbench.api import DefenseContext, Release
 from nftbench.config import PretrainConfig, resolve
 from nftbench.data import pack_corpus
+from nftbench.defenses.pmp import PMP, STATS_FILE, PMPConfig
 from nftbench.engine import Runner
 from nftbench.masks import MASK_FILE, load_mask, mask_iou
 from nftbench.metrics import curves
@@ -202,7 +202,7 @@ def test_matrix_with_pmp_authorized_rows_and_update_share(tiny_raw, tmp_path: Pa
 
 def test_stage_one_runs_at_the_pretraining_rate_unless_told(data, tmp_path: Path) -> None:
     _, private = defend(data, tmp_path / "default", rho=0.5)
-    assert json.loads((private / STATS_FILE).read_text())["stage1"]["lr"] == PRE.optim.lr
+    assert json.loads((private / STATS_FILE).read_text())["stage1"]["lr"] == PRE.optim().lr
     _, private = defend(data, tmp_path / "override", rho=0.5, eb_lr=2e-5)
     assert json.loads((private / STATS_FILE).read_text())["stage1"]["lr"] == 2e-5
 
@@ -211,7 +211,7 @@ def test_ties_do_not_depend_on_position() -> None:
     """Half of the elements score zero (say, rows of tokens absent from the micro-batch) and the
     top-k must take half of those: by position it takes the first ones; with the random
     priority it takes them evenly from the whole range."""
-    from defenses.pmp import select_mask
+    from nftbench.defenses.pmp import select_mask
 
     scores = {"embed": torch.cat([torch.rand(1000) + 1, torch.zeros(1000)]).view(200, 10)}
     cfg = PMPConfig(rho=0.75)
@@ -229,7 +229,7 @@ def test_ties_do_not_depend_on_position() -> None:
 
 
 def test_rows_variant_freezes_whole_output_rows(data, tmp_path: Path) -> None:
-    from defenses.pmp import PMPRows, PMPRowsConfig
+    from nftbench.defenses.pmp import PMPRows, PMPRowsConfig
 
     tokenizer, corpus = data
     ctx = DefenseContext(spec=SPEC, tokenizer=tokenizer, corpus=corpus, pretrain=PRE, base=None,
@@ -255,7 +255,8 @@ def test_rows_variant_freezes_whole_output_rows(data, tmp_path: Path) -> None:
 
 
 def test_named_variants_carry_their_settings() -> None:
-    from nftbench.registry import DEFENSES, load_plugins
+    from nftbench.plugins import load_plugins
+    from nftbench.registry import DEFENSES
 
     load_plugins()
     assert DEFENSES.get("pmp").Config().ema is None

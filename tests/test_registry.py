@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from nftbench import registry
+from nftbench import plugins, registry
 from nftbench.cli import main
-from nftbench.registry import ADVERSARIES, DEFENSES, TASKS, UnknownPluginError, load_plugins
+from nftbench.plugins import load_plugins
+from nftbench.registry import ADVERSARIES, DEFENSES, TASKS, UnknownPluginError
 
 
 def test_builtins_are_registered() -> None:
@@ -63,9 +64,9 @@ def test_entry_point_plugins_are_loaded(monkeypatch: pytest.MonkeyPatch) -> None
             loaded.append(True)
 
     def entry_points(group: str) -> list[FakeEntryPoint]:
-        return [FakeEntryPoint()] if group == registry.ENTRY_POINT_GROUP else []
+        return [FakeEntryPoint()] if group == plugins.ENTRY_POINT_GROUP else []
 
-    monkeypatch.setattr(registry.importlib.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points", entry_points)
     load_plugins()
     assert loaded == [True]
 
@@ -81,3 +82,33 @@ def test_list_shows_every_plugin_with_fields(capsys: pytest.CaptureFixture[str])
     assert "full_ft (v1)" in out and "lr: float = 0.001  # peak learning rate" in out
     assert "qa_city (v1)  [restricted, generative]" in out
     assert "none (v1)" in out
+
+
+def test_the_public_surface_is_one_import() -> None:
+    import nftbench
+
+    assert set(nftbench.__all__) == set(nftbench._EXPORTS)
+    for name in nftbench.__all__:  # each resolves to the object its home module defines
+        assert getattr(nftbench, name) is getattr(
+            __import__(nftbench._EXPORTS[name], fromlist=[name]), name), name
+    assert issubclass(nftbench.Defense, registry.Plugin)
+    with pytest.raises(AttributeError):
+        nftbench.not_a_name  # noqa: B018
+
+
+def test_a_plugin_names_its_config_once() -> None:
+    from nftbench import Adversary, PluginConfig
+
+    class Cfg(PluginConfig):
+        lr: float = 0.5
+
+    class Attack(Adversary[Cfg]):
+        pass
+
+    class Child(Attack):  # names none: inherits its parent's
+        pass
+
+    assert Attack.Config is Cfg and Child.Config is Cfg and Attack().config.lr == 0.5
+    assert Adversary.Config is PluginConfig  # a still-generic base: its bound
+    assert DEFENSES.get("sophon").Config.__name__ == "SophonConfig"
+    assert ADVERSARIES.get("sophon_paper").Config().lr == 1e-4  # a subclass of full_ft

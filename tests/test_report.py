@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from nftbench.cli import main
-from nftbench.engine import RESULT_COLUMNS, row
 from nftbench.metrics import area_under_curve, cell_table, relative_gain, steps_ratio
+from nftbench.records import RESULT_COLUMNS, row
 from nftbench.report import ReportConfig, authorized_table, leaderboard, rg_table, worst_case
 
 STEPS = [0, 10, 20]
@@ -64,7 +64,7 @@ def test_relative_gain_known_answer() -> None:
 
 def test_undefined_denominator_carries_its_reason() -> None:
     rg = relative_gain(cell_table(table()), "def[s=1]", "ft", "qb")
-    assert np.isnan(rg.mean) and "within noise" in rg.undefined
+    assert np.isnan(rg.mean) and "under the minimum gap" in rg.undefined
     assert "none - scratch = 0.000" in rg.undefined
 
 
@@ -114,7 +114,7 @@ def test_report_writes_every_file(tmp_path: Path) -> None:
         for ext in ("png", "pdf"):
             assert (report / f"{fig}.{ext}").stat().st_size > 1000, fig
     md = (report / "leaderboard.md").read_text()
-    assert "| def[s=1]" in md and "undefined" in md and "within noise" in md
+    assert "| def[s=1]" in md and "undefined" in md and "under the minimum gap" in md
     tex = (report / "leaderboard.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex
     assert main(["report", str(tmp_path / "nope")]) == 2

@@ -13,7 +13,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from defenses.sophon import (
+from nftbench.api import DefenseContext, Release
+from nftbench.checkpoint import Checkpoint
+from nftbench.config import ConfigError, PretrainConfig, resolve
+from nftbench.data import pack_corpus
+from nftbench.defenses.sophon import (
     STATS_FILE,
     Sophon,
     SophonConfig,
@@ -21,10 +25,6 @@ from defenses.sophon import (
     Suppression,
     suppression_loss,
 )
-from nftbench.api import DefenseContext, Release
-from nftbench.checkpoint import Checkpoint
-from nftbench.config import ConfigError, PretrainConfig, resolve
-from nftbench.data import pack_corpus
 from nftbench.engine import Runner
 from nftbench.models import ModelSpec, TinyLlamaConfig, init_model, save_release, train_tokenizer
 from nftbench.registry import TASKS

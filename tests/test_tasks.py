@@ -13,9 +13,8 @@ import yaml
 
 from nftbench.config import ConfigError, resolve
 from nftbench.registry import TASKS
-from nftbench.task import lm_eval_yaml
+from nftbench.task import lm_eval_yaml, register_task_files
 from nftbench.world import World, WorldConfig
-from tasks import register_task_files
 
 WORLD = World(WorldConfig(n_entities=40))
 
@@ -138,7 +137,8 @@ def test_lm_eval_reads_the_fields_nftbench_wrote(tmp_path: Path) -> None:
     from nftbench.evaluation import lm_eval_name, write_lm_eval_tasks
 
     tasks = {name: TASKS.get(name)() for name in ("qa_city", "qa_pet")}
-    write_lm_eval_tasks(tasks, WORLD, tmp_path)
+    write_lm_eval_tasks(tasks, {k: t.examples("eval", WORLD) for k, t in tasks.items()},
+                        tmp_path)
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
     for label, task in tasks.items():
         name = lm_eval_name(label, task)

@@ -2,19 +2,26 @@
 
 from pydantic import Field
 
-from nftbench.api import Adversary, AttackContext, Release
-from nftbench.registry import PluginConfig, register_adversary
-from nftbench.train import OptimConfig, TrainResult
+from nftbench import (
+    Adversary,
+    AttackContext,
+    OptimConfig,
+    PluginConfig,
+    Release,
+    TrainResult,
+    register_adversary,
+)
+
+
+class HeadOnlyConfig(PluginConfig):
+    steps: int = Field(100, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=1, description="examples per step")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
 
 
 @register_adversary("head_only", version="1")
-class HeadOnly(Adversary):
+class HeadOnly(Adversary[HeadOnlyConfig]):
     """Fine-tune the output head (lm_head) alone with AdamW."""
-
-    class Config(PluginConfig):
-        steps: int = Field(100, ge=1, description="optimizer steps")
-        batch_size: int = Field(32, ge=1, description="examples per step")
-        lr: float = Field(1e-3, gt=0, description="learning rate")
 
     def attack(self, release: Release, examples: list, ctx: AttackContext) -> TrainResult:
         model, tokenizer = release.load()

@@ -3,17 +3,17 @@
 import torch
 from pydantic import Field
 
-from nftbench.api import Defense, DefenseContext
-from nftbench.registry import PluginConfig, register_defense
+from nftbench import Defense, DefenseContext, PluginConfig, register_defense
+
+
+class NoisyReleaseConfig(PluginConfig):
+    sigma: float = Field(0.5, ge=0, description="noise std relative to each tensor's std")
+    seed: int = Field(0, description="seed of the noise")
 
 
 @register_defense("noisy_release", version="1")
-class NoisyRelease(Defense):
+class NoisyRelease(Defense[NoisyReleaseConfig]):
     """Add Gaussian noise (std = sigma x the tensor's own std) to every weight of the base."""
-
-    class Config(PluginConfig):
-        sigma: float = Field(0.5, ge=0, description="noise std relative to each tensor's std")
-        seed: int = Field(0, description="seed of the noise")
 
     def defend(self, ctx: DefenseContext) -> None:
         model, _ = ctx.base.load()
