@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal, TypeVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nftbench.adversaries.finetune import FullFineTuneConfig
@@ -19,8 +19,10 @@ from nftbench.api import Adversary, AttackContext, Release
 from nftbench.registry import register_adversary
 from nftbench.train import TrainResult
 
-#: every linear projection of a Llama block (attention and MLP)
-LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: peft's name for every linear layer of the model but the output head, whatever the
+#: architecture calls them (q_proj in Llama, c_attn and c_fc in GPT-2, query_key_value in
+#: GPT-NeoX, fc1 in OPT): Linear and transformers' Conv1D alike
+ALL_LINEAR = "all-linear"
 
 
 class LoraAttackConfig(FullFineTuneConfig):
@@ -29,17 +31,25 @@ class LoraAttackConfig(FullFineTuneConfig):
     r: int = Field(16, ge=1, description="adapter rank")
     alpha: float = Field(32, gt=0, description="LoRA alpha: adapter output scaled by alpha / r")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
-    target_modules: tuple[str, ...] = Field(
-        LLAMA_LINEARS, min_length=1,
-        description="names of the linear layers that get adapters (default: every projection "
-        "of a Llama block)")
+    target_modules: Literal["all-linear"] | tuple[str, ...] = Field(
+        ALL_LINEAR, description="the layers that get adapters: all-linear (every linear layer "
+        "of the blocks, whatever the architecture names them; the output head excluded) or a "
+        "list of module names")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, v: Any) -> Any:
+        if not v:
+            raise ValueError("name at least one module, or all-linear")
+        return v
 
     def lora(self) -> Any:
         from peft import LoraConfig
 
+        targets = self.target_modules
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), bias="none",
-                          task_type="CAUSAL_LM")
+                          target_modules=targets if targets == ALL_LINEAR else list(targets),
+                          bias="none", task_type="CAUSAL_LM")
 
 
 LoraConfigT = TypeVar("LoraConfigT", bound=LoraAttackConfig)

@@ -217,16 +217,25 @@ def weight_update(trained: torch.nn.Module, release_dir: str | Path) -> dict[str
     fine-tuned model; for a peft LoRA/QLoRA model, each adapter's delta ``B @ A * scale`` on
     the weight it adapts (its frozen base, 4-bit or not, did not move)."""
     from peft import PeftModel
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     if isinstance(trained, PeftModel):
+        shapes = {}
+        for file in sorted(Path(release_dir).glob("*.safetensors")):
+            with safe_open(str(file), "pt") as f:
+                shapes |= {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
         prefix = "base_model.model."
         out = {}
         for name, module in trained.named_modules():
             adapters = getattr(module, "lora_A", None)
             if adapters is not None and "default" in adapters:
-                out[name.removeprefix(prefix) + ".weight"] = \
-                    module.get_delta_weight("default").float().cpu()
+                weight = name.removeprefix(prefix) + ".weight"
+                delta = module.get_delta_weight("default").float().cpu()
+                if weight in shapes and delta.shape != shapes[weight] and \
+                        delta.T.shape == shapes[weight]:
+                    delta = delta.T  # a Conv1D (GPT-2) 4-bit-quantized as a Linear: [out, in]
+                out[weight] = delta
         return out
     released: dict[str, torch.Tensor] = {}
     for file in sorted(Path(release_dir).glob("*.safetensors")):

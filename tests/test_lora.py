@@ -14,7 +14,6 @@ import torch
 import yaml
 
 from nftbench.adversaries.lora import (
-    LLAMA_LINEARS,
     LoraAttack,
     LoraAttackConfig,
     QLoraAttack,
@@ -32,6 +31,8 @@ SPEC = ModelSpec(tiny={"hidden_size": 64, "num_hidden_layers": 2, "num_attention
                        "intermediate_size": 128, "vocab_size": 64})
 EXAMPLES = [{"prompt": f"question : where does person {i} live ? answer :",
              "answer": f"city {i % 4}"} for i in range(16)]
+#: linear layers of a tiny Llama block that all-linear adapts: q, k, v, o, gate, up, down
+LLAMA_LINEARS = 7
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_lora_lowers_the_loss_and_leaves_the_base_bit_identical(release: Release
     r = train(model, counting_batches(), 30, cfg.optim(), progress=False)
     assert r.losses[-1] < 0.3 * r.losses[0]
     n_layers = SPEC.tiny.num_hidden_layers
-    assert_only_adapters_changed(model, frozen, trained, len(LLAMA_LINEARS) * n_layers)
+    assert_only_adapters_changed(model, frozen, trained, LLAMA_LINEARS * n_layers)
     assert frozen  # every base weight, embeddings and lm_head included
     base, _ = release.load()
     assert len(frozen) == len(list(base.parameters()))
@@ -135,7 +136,7 @@ def test_lora_config_is_registered_and_documented() -> None:
     lora = {r["field"]: r["default"] for r in describe_config(LoraAttackConfig)}
     assert (lora["r"], lora["alpha"], lora["dropout"], lora["steps"], lora["batch_size"]) == \
         (16, 32, 0.05, 200, 32)
-    assert lora["target_modules"] == LLAMA_LINEARS
+    assert lora["target_modules"] == "all-linear"  # whatever the architecture calls them
     qlora = {r["field"]: r["default"] for r in describe_config(QLoraAttackConfig)}
     assert (qlora["quant_type"], qlora["compute_dtype"]) == ("nf4", "auto")
     assert LoraAttackConfig(target_modules=["q_proj"]).target_modules == ("q_proj",)  # YAML list
@@ -143,6 +144,8 @@ def test_lora_config_is_registered_and_documented() -> None:
         LoraAttackConfig(rank=8)
     with pytest.raises(ValueError):
         LoraAttackConfig(target_modules=[])
+    with pytest.raises(ValueError):
+        LoraAttackConfig(target_modules="all")
     cpu = torch.device("cpu")
     assert QLoraAttackConfig().torch_compute_dtype(cpu) == torch.float32
     assert QLoraAttackConfig(compute_dtype="bfloat16").torch_compute_dtype(cpu) == torch.bfloat16
@@ -154,7 +157,7 @@ def test_qlora_trains_adapters_on_a_4bit_base(release: Release) -> None:
     cfg = QLoraAttackConfig(lr=1e-2, dropout=0.0)
     model, _ = adapted(QLoraAttack(cfg), release)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    n_targets = len(LLAMA_LINEARS) * SPEC.tiny.num_hidden_layers
+    n_targets = LLAMA_LINEARS * SPEC.tiny.num_hidden_layers
     assert len(quantized) == n_targets  # every block projection; lm_head stays dense
     for layer in quantized:
         assert isinstance(layer.weight, bnb.nn.Params4bit)
