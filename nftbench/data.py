@@ -47,11 +47,13 @@ def corpus_batches(blocks: torch.Tensor, batch_size: int, seed: int) -> Iterator
 
 def encode_examples(examples: list[dict[str, Any]],
                     tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) per example; the loss falls on the completion only."""
+    """(input ids, labels) per example; the loss falls on the completion only. The prompt is
+    encoded with the tokenizer's own special tokens (a BOS where it adds one), as lm-eval
+    encodes it when it scores, so a model is tuned on the sequences it is scored on."""
     out = []
     for ex in examples:
         prompt, completion = training_text(ex)
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        p = tokenizer(prompt)["input_ids"]
         c = tokenizer(completion, add_special_tokens=False)["input_ids"]
         out.append((p + c, [IGNORE] * len(p) + c))
     return out
