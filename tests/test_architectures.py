@@ -5,18 +5,25 @@ scored through lm-eval; and LoRA adapts every linear layer whatever the architec
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import transformers as tf
+from tokenizers.processors import TemplateProcessing
 from transformers.pytorch_utils import Conv1D
 
 from nftbench.adversaries.lora import LoraAttackConfig
 from nftbench.config import resolve
+from nftbench.data import encode_examples, example_batches, pad_id
 from nftbench.engine import Runner
-from nftbench.models import train_tokenizer
+from nftbench.evaluation import Evaluator
+from nftbench.models import ModelSpec, load_tokenizer, train_tokenizer
+from nftbench.optim import OptimConfig
+from nftbench.task import TaskConfig, TemplateTask
+from nftbench.train import train
 from nftbench.world import World, WorldConfig
 
 H, LAYERS, HEADS, FFN = 32, 2, 4, 64
@@ -48,19 +55,63 @@ ARCHITECTURES: dict[str, Any] = {
 }
 
 
+#: the families whose tokenizers put a BOS before every text, and those that ship no pad token
+ADDS_BOS = {"llama", "mistral", "gemma", "phi3", "opt"}
+NO_PAD = {"gpt2", "gpt_neox"}
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_tokenizer(World(WORLD).documents(), 300)
 
 
 def local_model(arch: str, tokenizer, folder: Path) -> Path:
-    """A random-initialised model of ``arch`` saved as a hub-style local folder."""
-    cfg = ARCHITECTURES[arch](len(tokenizer))
-    cfg.bos_token_id, cfg.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    """A random-initialised model of ``arch`` saved as a hub-style local folder, with a
+    tokenizer that behaves as the family's does (a BOS added, or no pad token)."""
+    tok = copy.deepcopy(tokenizer)
+    if arch in ADDS_BOS:
+        tok.backend_tokenizer.post_processor = TemplateProcessing(
+            single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    if arch in NO_PAD:
+        tok.pad_token = None
+    cfg = ARCHITECTURES[arch](len(tok))
+    cfg.bos_token_id, cfg.eos_token_id = tok.bos_token_id, tok.eos_token_id
     torch.manual_seed(0)
     tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tok.save_pretrained(folder)
     return folder
+
+
+class FixedRows(TemplateTask):
+    """Eight facts, the same in every split: a model that memorized them answers them all."""
+
+    def records(self, split: str, world: Any) -> list[dict[str, Any]]:
+        cities = ["paris", "rome", "oslo", "lima"]
+        return [{"entity": f"person {n}", "value": cities[i % 4], "choices": cities,
+                 "label": i % 4} for i, n in enumerate("abcdefgh")]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_a_model_that_learned_the_answers_scores_one(arch, tokenizer, tmp_path) -> None:
+    """Fine-tuning text and lm-eval's scoring must see the same tokens (BOS or not, a pad
+    token or not): a model fine-tuned until it knows eight answers scores 1.0 on them, both
+    generated (exact match) and picked among choices (log-likelihood)."""
+    folder = local_model(arch, tokenizer, tmp_path / "model")
+    spec = ModelSpec(name_or_path=str(folder))
+    tok = load_tokenizer(spec)
+    model = tf.AutoModelForCausalLM.from_pretrained(folder)
+    world = {"type": "world", "attribute": "city"}
+    tasks = {"gen": FixedRows(TaskConfig(role="restricted", kind="generative", source=world,
+                                         prompt="where does {entity} live ?", answer="{value}")),
+             "mc": FixedRows(TaskConfig(role="restricted", kind="classification", source=world,
+                                        prompt="where does {entity} live ?", choices="choices",
+                                        label="label"))}
+    examples = {name: t.examples("eval", None) for name, t in tasks.items()}
+    batches = example_batches(encode_examples(examples["gen"], tok), 8, 0, pad_id(tok))
+    result = train(model, batches, 150, OptimConfig(lr=1e-2), progress=False)
+    assert result.losses[-1] < 0.05
+    scores = Evaluator(tasks, examples, tmp_path / "lm_eval", 8)(model.eval(), tok)
+    assert scores == {"gen": 1.0, "mc": 1.0}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
