@@ -95,7 +95,6 @@ def trial_params(params: dict[str, Any], point: dict[str, Any]) -> dict[str, Any
 def answer_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str, Any]],
                 batch_size: int = 64) -> float:
     """Mean loss on the answers of ``examples`` (the attacker's own validation signal)."""
-
     pad = pad_id(tokenizer)
     encoded = encode_examples(examples, tokenizer)
     batches = example_batches(encoded, min(batch_size, len(encoded)), seed=0, pad_id=pad)

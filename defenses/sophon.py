@@ -136,7 +136,6 @@ class SophonConfig(PluginConfig):
 
 def suppression_loss(scores: torch.Tensor, target: torch.Tensor, loss: Loss) -> torch.Tensor:
     """Mean suppression loss over rows of ``scores`` [n, C] (logits) with gold ``target`` [n]."""
-
     logp = scores.float().log_softmax(-1)
     if loss == "klu":
         return (-math.log(scores.shape[-1]) - logp.mean(-1)).mean()
@@ -214,7 +213,6 @@ class TaskData:
 def query_loss(model: torch.nn.Module, params: Params, query: dict[str, Any],
                loss: Loss) -> torch.Tensor:
     """The suppression loss of the model with weights ``params`` on a query batch."""
-
     batch = {k: query[k].to(next(iter(params.values())).device)
              for k in ("input_ids", "attention_mask", "labels")}
     logits = functional_call(model, params, (), {"input_ids": batch["input_ids"],

@@ -216,11 +216,10 @@ class MatrixData:
     examples: dict[str, dict[str, list[dict[str, Any]]]]  # task label -> split -> examples
 
     @classmethod
-    def load(cls, config: MatrixConfig, tasks: list[Variant], world: World | None = None
-             ) -> tuple[MatrixData, list[str]]:
+    def load(cls, config: MatrixConfig, tasks: list[Variant]) -> tuple[MatrixData, list[str]]:
         """Every task's splits; a split that cannot be read is an error line, not an
         exception, so a config reports all of them together."""
-        world = world or World(config.world)
+        world = World(config.world)
         examples: dict[str, dict[str, list[dict[str, Any]]]] = {}
         errors = []
         for task in tasks:
@@ -234,6 +233,10 @@ class MatrixData:
 
     def fingerprints(self, tasks: list[Variant]) -> dict[str, str]:
         return {t.label: t.plugin.fingerprint_of(self.examples[t.label]) for t in tasks}
+
+    def eval_examples(self) -> dict[str, list[dict[str, Any]]]:
+        """Each task's eval split, what lm-eval scores (empty for an lm-eval task by name)."""
+        return {label: splits.get("eval", []) for label, splits in self.examples.items()}
 
     def n_items(self, label: str) -> int | None:
         """Eval items behind a score (None for a task scored by an lm-eval task by name)."""

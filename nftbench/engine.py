@@ -51,7 +51,6 @@ log = logging.getLogger("nftbench")
 STATUS_FAILED = 3  # exit code when some cells failed
 
 
-
 class Runner:
     """Executes one matrix over one store.
 
@@ -77,7 +76,6 @@ class Runner:
         self.data = matrix.resolved_data()  # read once, here or by resolve()
         self.world = self.data.world
         self.task_fp = self.data.fingerprints(matrix.tasks)
-        self.n_items = {t.label: self.data.n_items(t.label) for t in matrix.tasks}
         self.plan = build_plan(matrix, self.world, self.task_fp)
         self.stages: list[StageLog] = []
 
@@ -115,8 +113,7 @@ class Runner:
         if cfg.model.trust_remote_code:
             log.warning("trust_remote_code is on: the Python code shipped with %s will run "
                         "in this process (recorded in the manifest)", cfg.model.name_or_path)
-        write_lm_eval_tasks({t.label: t.plugin for t in m.tasks},
-                            {t.label: self.data.examples[t.label].get("eval", []) for t in m.tasks},
+        write_lm_eval_tasks({t.label: t.plugin for t in m.tasks}, self.data.eval_examples(),
                             self.folder.lm_eval_tasks)
         self.folder.write_plan({
             "name": cfg.name, "store": str(self.store.root.resolve()),
@@ -186,7 +183,7 @@ class Runner:
                     else {}
                 rows += [row(release=job.args["release_label"], base=job.args["base"],
                              adversary="-", task=task, role="capability", seed=None, step=0,
-                             metric="score", value=score, n_items=self.n_items.get(task),
+                             metric="score", value=score, n_items=self.data.n_items(task),
                              items=items.get(task))
                          for task, score in scores.items()]
             elif job.kind == "attack":
@@ -194,7 +191,7 @@ class Runner:
                 if ok:
                     curve = read_json(self.store.path(job.kind, job.key) / "curve.json")
                     rows += curve_rows(curve, ids, job.cell["task"],
-                                       self.n_items.get(job.cell["task"]))
+                                       self.data.n_items(job.cell["task"]))
                 else:
                     rows.append(row(**ids, step=None, metric="score", value=None,
                                     status="failed", reason=logs[job.id].reason))

@@ -37,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 
-from nftbench.registry import PluginConfig, UnknownPluginError
+from nftbench.registry import PluginConfig, Table, UnknownPluginError
 
 Params = Sequence[torch.nn.Parameter] | Sequence[dict[str, Any]]
 #: fields added after stage keys were published: at their defaults they are left out of a dump
@@ -54,40 +54,12 @@ class OptimizerEntry:
     options: type[PluginConfig] | None = None
 
 
-class NamedFunctions:
-    """Name -> registered function (optimizers, schedules), with the error a config shows."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._entries: dict[str, Any] = {}
-
-    def add(self, name: str, entry: Any) -> None:
-        existing = self._entries.get(name)
-        if existing is not None and _origin(existing) != _origin(entry):
-            raise ValueError(f"{self.kind} {name!r} is already registered by {_origin(existing)}")
-        self._entries[name] = entry
-
-    def get(self, name: str) -> Any:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise UnknownPluginError(f"unknown {self.kind} {name!r}; known {self.kind}s: "
-                                     f"{', '.join(self.names())}") from None
-
-    def names(self) -> list[str]:
-        return sorted(self._entries)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
+OPTIMIZERS: Table[OptimizerEntry] = Table("optimizer")
+SCHEDULES: Table[Callable[[int, int, Any], float]] = Table("schedule")
 
 
-def _origin(entry: Any) -> str:
-    fn = entry.build if isinstance(entry, OptimizerEntry) else entry
+def _origin(fn: Callable[..., Any]) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
-
-
-OPTIMIZERS = NamedFunctions("optimizer")
-SCHEDULES = NamedFunctions("schedule")
 
 
 def register_optimizer(name: str, *, options: type[PluginConfig] | None = None
@@ -97,7 +69,7 @@ def register_optimizer(name: str, *, options: type[PluginConfig] | None = None
     class) as the optimizer ``name``."""
     def decorator(build: Callable[..., torch.optim.Optimizer]
                   ) -> Callable[..., torch.optim.Optimizer]:
-        OPTIMIZERS.add(name, OptimizerEntry(name, build, options))
+        OPTIMIZERS.add(name, OptimizerEntry(name, build, options), _origin(build))
         return build
     return decorator
 
@@ -107,7 +79,7 @@ def register_schedule(name: str) -> Callable[[Callable[[int, int, Any], float]],
     """Register ``factor(step, steps, cfg)``: the multiplier of the peak rate at ``step`` of the
     ``steps`` after warm-up (0-based; warm-up itself is linear for every schedule)."""
     def decorator(fn: Callable[[int, int, Any], float]) -> Callable[[int, int, Any], float]:
-        SCHEDULES.add(name, fn)
+        SCHEDULES.add(name, fn, _origin(fn))
         return fn
     return decorator
 

@@ -1,7 +1,8 @@
 """Loading plugins: the built-in ones, the ``nftbench.plugins`` entry-point group, and folders
 given with ``--plugins DIR`` (``*.py`` modules and ``*.yaml`` task definitions).
 
-Nothing registers at import time anywhere: a plugin registers when this module imports it.
+Task definitions register here, and plugin modules when this module imports them: importing
+an engine module registers nothing.
 """
 
 from __future__ import annotations

@@ -82,33 +82,31 @@ class UnknownPluginError(KeyError):
 P = TypeVar("P", bound=type[Plugin])
 
 
-class Registry:
-    """Name -> plugin class for one kind of plugin."""
+E = TypeVar("E")
+
+
+class Table(Generic[E]):
+    """Name -> entry for one kind of registered thing, with the errors a config shows. Adding
+    the same thing twice (a module imported again) is harmless; another thing under a taken
+    name would silently shadow results, so it is an error."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._entries: dict[str, type[Plugin]] = {}
+        self._entries: dict[str, E] = {}
+        self._origins: dict[str, str] = {}
+        self._wheres: dict[str, str] = {}
 
-    def register(self, name: str, *, version: str = "1") -> Callable[[P], P]:
-        def decorator(cls: P) -> P:
-            existing = self._entries.get(name)
-            # Re-importing the same module (a plugin folder scanned twice) is harmless; two
-            # different classes under one name would silently shadow results, so it is an error.
-            if existing is not None and existing.__qualname__ != cls.__qualname__:
-                raise ValueError(
-                    f"{self.kind} {name!r} is already registered by "
-                    f"{existing.__module__}.{existing.__qualname__}"
-                )
-            if not (isinstance(cls.Config, type) and issubclass(cls.Config, PluginConfig)):
-                raise TypeError(f"{self.kind} {name!r}: Config must subclass PluginConfig")
-            cls.name = name
-            cls.version = version
-            self._entries[name] = cls
-            return cls
+    def add(self, name: str, entry: E, origin: str, where: str | None = None) -> None:
+        """Register ``entry`` under ``name``. ``origin`` identifies it (the same origin again is
+        a re-import); ``where`` says where it was defined, for the error (default: origin)."""
+        if name in self._entries and self._origins[name] != origin:
+            raise ValueError(f"{self.kind} {name!r} is already registered by "
+                             f"{self._wheres[name]}")
+        self._entries[name] = entry
+        self._origins[name] = origin
+        self._wheres[name] = where or origin
 
-        return decorator
-
-    def get(self, name: str) -> type[Plugin]:
+    def get(self, name: str) -> E:
         try:
             return self._entries[name]
         except KeyError:
@@ -120,11 +118,27 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def items(self) -> list[tuple[str, type[Plugin]]]:
+    def items(self) -> list[tuple[str, E]]:
         return sorted(self._entries.items())
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+class Registry(Table[type[Plugin]]):
+    """Name -> plugin class for one kind of plugin."""
+
+    def register(self, name: str, *, version: str = "1") -> Callable[[P], P]:
+        def decorator(cls: P) -> P:
+            if not (isinstance(cls.Config, type) and issubclass(cls.Config, PluginConfig)):
+                raise TypeError(f"{self.kind} {name!r}: Config must subclass PluginConfig")
+            # the same class name from a module imported twice (a plugin folder scanned again)
+            self.add(name, cls, cls.__qualname__, f"{cls.__module__}.{cls.__qualname__}")
+            cls.name = name
+            cls.version = version
+            return cls
+
+        return decorator
 
 
 DEFENSES = Registry("defense")

@@ -114,8 +114,7 @@ class StageWorker:
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:
             self._evaluator = Evaluator({t.label: t.plugin for t in self.matrix.tasks},
-                                        {label: split.get("eval", [])
-                                         for label, split in self.task_data.items()},
+                                        self.data.eval_examples(),
                                         RunFolder(self.cfg.run_dir).lm_eval_tasks,
                                         self.cfg.eval.batch_size)
         return self._evaluator

@@ -153,3 +153,18 @@ def test_lm_eval_reads_the_fields_nftbench_wrote(tmp_path: Path) -> None:
                 assert built.doc_to_target(doc) == ex["label"]
             else:
                 assert built.doc_to_target(doc) == ex["answer"]
+
+
+def test_a_yaml_in_a_plugin_folder_that_is_not_a_task_is_skipped(tmp_path: Path,
+                                                                   caplog) -> None:
+    """A run config kept beside plugins is not a task: it is skipped with a warning that names
+    it, and the task files beside it still register."""
+    (tmp_path / "my_run.yaml").write_text(yaml.safe_dump(
+        {"name": "my_run", "defenses": ["none"], "adversaries": ["full_ft"],
+         "tasks": ["qa_city"]}))
+    spec = yaml.safe_load((Path(__file__).parent.parent / "tasks" / "qa_city.yaml").read_text())
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(dict(spec, name="qa_city_beside_run")))
+    with caplog.at_level("WARNING", logger="nftbench"):
+        names = register_task_files(tmp_path)
+    assert names == ["qa_city_beside_run"]
+    assert "my_run.yaml is not a task definition" in caplog.text
