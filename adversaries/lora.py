@@ -65,7 +65,8 @@ class QLoraAttackConfig(LoraAttackConfig):
         "it, else float32")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass (less memory; the extra "
-        "forward is not in the FLOPs count)")
+        "forward is counted apart, as recompute_flops). compute.gradient_checkpointing turns it "
+        "on for every stage; this turns it on for QLoRA only")
 
     def torch_compute_dtype(self, device: torch.device) -> torch.dtype:
         if self.compute_dtype != "auto":

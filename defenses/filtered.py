@@ -50,7 +50,8 @@ class FilteredPretraining(Defense[FilteredConfig]):
         corpus = ctx.corpus_without(self.config.attributes)
         model = ctx.init_model(pre.seed)
         result = train(model, corpus_batches(corpus, pre.batch_size, pre.seed),
-                       pre.steps, pre.optim(), desc="filtered pretrain", progress=ctx.progress)
+                       pre.steps, pre.optim(), compute=ctx.compute, desc="filtered pretrain",
+                       progress=ctx.progress)
         if result.diverged:
             raise FloatingPointError(f"filtered pre-training diverged at step "
                                      f"{result.diverged_at}")

@@ -172,7 +172,7 @@ class PMP(Defense[PMPConfigT]):
 
         result = train(model, ctx.corpus_batches(pre.batch_size, pre.seed), pre.steps,
                        pre.optim(), grad_hook=ticket.grad_hook, after_step=hold_complement,
-                       desc="pmp stage II", progress=ctx.progress)
+                       compute=ctx.compute, desc="pmp stage II", progress=ctx.progress)
         if result.diverged:
             raise FloatingPointError(f"PMP stage II diverged at step {result.diverged_at}")
         stats["stage2"] = {"steps": result.steps, "tokens": result.tokens,
@@ -234,7 +234,7 @@ class PMP(Defense[PMPConfigT]):
         optim = OptimConfig(optimizer="adamw", lr=lr, weight_decay=0.0, grad_clip=1.0)
         result = train(model, ctx.corpus_batches(cfg.eb_batch_size, ctx.pretrain.seed + 1),
                        cfg.eb_max_steps, optim, grad_hook=score, after_step=check,
-                       desc="pmp stage I", progress=ctx.progress)
+                       compute=ctx.compute, desc="pmp stage I", progress=ctx.progress)
         return state["mask"], {"lr": lr, "iou": state["iou"], "stopped_at": state["stop"],
                                "steps": result.steps, "early_bird": state["stop"] is not None}
 

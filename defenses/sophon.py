@@ -39,6 +39,8 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 import torch
@@ -241,9 +243,11 @@ class Suppression:
     """First-order MAML over simulated fine-tuning, on one functional copy of the weights (made
     once): memory does not grow with K, and no module is deep-copied."""
 
-    def __init__(self, model: torch.nn.Module, loss: Loss) -> None:
+    def __init__(self, model: torch.nn.Module, loss: Loss,
+                 autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
         self.model = model
         self.loss = loss
+        self.autocast = autocast  # the matrix's precision (bf16 autocast, or nothing)
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.fast = {n: p.detach().clone().requires_grad_(True) for n, p in self.params.items()}
         self.meta = {n: torch.zeros_like(p) for n, p in self.params.items()}
@@ -260,12 +264,14 @@ class Suppression:
                else torch.optim.Adam(fast, lr=strategy.lr))
         total = 0.0
         for _ in range(inner_steps):
-            support = lm_loss(self.model, self.fast, data.support(strategy.batch_size))
+            with self.autocast():
+                support = lm_loss(self.model, self.fast, data.support(strategy.batch_size))
             grads = torch.autograd.grad(support, fast)
             for p, g in zip(fast, grads, strict=True):
                 p.grad = g
             opt.step()
-            q = query_loss(self.model, self.fast, data.query(query_batch), self.loss)
+            with self.autocast():
+                q = query_loss(self.model, self.fast, data.query(query_batch), self.loss)
             grads = torch.autograd.grad(q, fast)  # first order: d q / d fast, not d theta
             torch._foreach_add_(list(self.meta.values()), grads)
             total += float(q.detach())
@@ -312,7 +318,10 @@ class Sophon(Defense[SophonConfig]):
         torch.manual_seed(cfg.seed)
         data = {n: TaskData(ctx.restricted[n], tokenizer, cfg.seed + i)
                 for i, n in enumerate(names)}
-        suppression = Suppression(model, cfg.loss)
+        # SOPHON's functional loops honour the matrix's precision; its test fine-tunes go
+        # through the one training loop, which honours all of ctx.compute
+        suppression = Suppression(model, cfg.loss,
+                                  functools.partial(ctx.compute.autocast, model.device))
         params = list(suppression.params.values())
         fts_opt = torch.optim.Adam(params, lr=cfg.alpha_lr())
         ntr_opt = torch.optim.Adam(params, lr=cfg.beta_lr())
@@ -376,7 +385,9 @@ class Sophon(Defense[SophonConfig]):
                                                        cfg.grad_clip)
             ntr = []
             for _ in range(cfg.ntr_steps):
-                loss = model(**{k: v.to(model.device) for k, v in next(corpus).items()}).loss
+                with ctx.compute.autocast(model.device):
+                    loss = model(**{k: v.to(model.device)
+                                    for k, v in next(corpus).items()}).loss
                 loss.backward()
                 ntr_opt.step()
                 ntr_opt.zero_grad(set_to_none=True)
@@ -437,7 +448,7 @@ class Sophon(Defense[SophonConfig]):
             batches = example_batches(encode_examples(examples, tokenizer), 32, cfg.seed,
                                       pad_id(tokenizer))
             train(probe, batches, cfg.test_steps, OptimConfig(optimizer="adamw", lr=1e-3),
-                  progress=False)
+                  compute=ctx.compute, progress=False)
             with torch.no_grad():
                 out |= ctx.evaluate(probe.eval(), tokenizer, [name])
             del probe

@@ -21,7 +21,7 @@ from nftbench.checkpoint import Checkpoint
 from nftbench.data import corpus_batches, encode_examples, example_batches, pad_id
 from nftbench.models import RELEASE_FILES, ModelSpec, init_model, load_release, save_release
 from nftbench.registry import ConfigT, Plugin
-from nftbench.train import OptimConfig, TrainResult, train
+from nftbench.train import ComputeConfig, OptimConfig, TrainResult, train
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,8 @@ class DefenseContext:
     #: saves and restores the stage's state, so a defense that runs for hours survives a
     #: killed process (a no-op where no store is behind the context)
     checkpoint: Checkpoint = field(default_factory=lambda: Checkpoint(None))
+    #: how training runs on the machine (the matrix's ``compute``): pass it to ``train``
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def init_model(self, seed: int) -> PreTrainedModel:
         return init_model(self.spec, self.tokenizer, seed)
@@ -145,6 +147,8 @@ class AttackContext:
     #: set by the harness only in authorized cells (the owner tuning its own release); None in
     #: every attack, so no adversary is ever handed a private artifact
     authorization: Callable[[PreTrainedModel], Authorization] | None = None
+    #: how training runs on the machine (the matrix's ``compute``); :meth:`finetune` uses it
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def report(self, **values: Any) -> None:
         """Record diagnostics of this attack (JSON-serializable values)."""
@@ -180,7 +184,8 @@ class AttackContext:
         result = train(model, batches, steps, optim, params=params,
                        eval_at=self.budget_points(steps),
                        on_eval=lambda step: self.evaluate(model, tokenizer),
-                       grad_hook=grad_hook, after_step=after_step, desc=self.desc,
+                       grad_hook=grad_hook, after_step=after_step, compute=self.compute,
+                       desc=self.desc,
                        progress=self.progress)
         if self.evaluate_capability is not None and not result.diverged:
             with torch.no_grad():  # what the attack cost the model's normal use

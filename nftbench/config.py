@@ -30,7 +30,7 @@ from pydantic import (
 
 from nftbench.models import ModelSpec
 from nftbench.registry import ADVERSARIES, DEFENSES, TASKS, Plugin, Registry
-from nftbench.train import OptimConfig
+from nftbench.train import ComputeConfig, OptimConfig
 from nftbench.world import World, WorldConfig
 
 
@@ -163,6 +163,11 @@ class MatrixConfig(BaseModel):
         "Fixed by the config because on some CPUs (AVX512 with AMX) the thread count changes "
         "float reductions and so the numbers; it enters every computing stage's key. Use "
         "`--workers N` to use N cores")
+    compute: ComputeConfig = Field(
+        default_factory=ComputeConfig, description="how every training stage runs on the "
+        "machine: precision (bf16 autocast), micro_batch_size (gradient accumulation), "
+        "gradient_checkpointing, compile, tf32; fields away from their defaults enter the keys "
+        "of training stages")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="resource limits")
     checkpoint_every_s: float = Field(
         600, ge=0, description="seconds between checkpoints of a long stage (SOPHON's outer "

@@ -46,6 +46,8 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
     spec = cfg.model
     spec_payload = spec.model_dump(mode="json", exclude={"device"})
     threads = cfg.threads  # enters every key of a stage that computes with torch
+    # how training stages run (bf16, micro-batches, ...): only where set, so defaults move no key
+    compute = {"compute": cfg.compute.key_payload()} if cfg.compute.key_payload() else {}
     jobs: list[Job] = []
 
     if spec.is_tiny:
@@ -64,7 +66,7 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
         bases[b] = _job("pretrain", base_label(b),
                         {"model": spec_payload, "tokenizer": tokenizer_key,
                          "pretrain": cfg.pretrain.key_payload(b), "corpus": corpus_fp,
-                         "threads": threads},
+                         "threads": threads, **compute},
                         deps=tok_deps, args={"tokenizer": tok_id, "seed": b})
     jobs += bases.values()
 
@@ -76,7 +78,8 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
         for d in matrix.defenses:
             payload = {"defense": d.name, "version": d.version, "params": d.params,
                        "base": base.key, "tokenizer": tokenizer_key, "corpus": corpus_fp,
-                       "pretrain": cfg.pretrain.key_payload(b), "threads": threads}
+                       "pretrain": cfg.pretrain.key_payload(b), "threads": threads,
+                       **compute}
             if d.plugin.uses_restricted_data:  # it may also read capability scores (a guard)
                 payload["restricted"] = {k: task_fp[k] for k in restricted}
                 payload["capability"] = {k: task_fp[k] for k in capability}
@@ -116,7 +119,7 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
                    "task": task.label, "task_params": task.params, "data": task_fp[task.label],
                    "seed": seed, "budget_points": points,
                    "capability_after": {c: task_fp[c] for c in capability},
-                   "eval_format": EVAL_FORMAT, "threads": threads}
+                   "eval_format": EVAL_FORMAT, "threads": threads, **compute}
         if owner:
             payload["authorized"] = True
         who = "owner " if owner else ""

@@ -159,6 +159,7 @@ class StageWorker:
         started = time.time()
         if self.threads:  # the config's count, whichever executor runs the stage
             torch.set_num_threads(self.threads)
+        self.cfg.compute.apply(self.cfg.model.torch_device())
         limit = self.cfg.limits.cell_timeout_s if job.kind == "attack" else None
         try:
             with time_limit(limit):
@@ -213,13 +214,14 @@ class StageWorker:
         tokenizer = self.tokenizer(job.args["tokenizer"])
         model = init_model(spec, tokenizer, pre.seed) if spec.is_tiny else load_pretrained(spec)
         batches = corpus_batches(self.corpus(tokenizer), pre.batch_size, pre.seed)
-        result = train(model, batches, pre.steps, pre.optim(), desc="pretrain",
-                       progress=self.progress)
+        result = train(model, batches, pre.steps, pre.optim(), compute=self.cfg.compute,
+                       desc="pretrain", progress=self.progress)
         if result.diverged:
             raise FloatingPointError(f"pre-training diverged at step {result.diverged_at}")
         save_release(model, tokenizer, tmp / "release")
         write_json(tmp / "train_log.json", {"losses": result.losses, "tokens": result.tokens,
-                                            "flops": result.flops, "wall_s": result.wall_s})
+                                            "flops": result.flops, "wall_s": result.wall_s,
+                                            "recompute_flops": result.recompute_flops})
 
     def build_defend(self, job: Job, tmp: Path) -> None:
         variant = self.variants[("defense", job.args["defense"])]
@@ -239,7 +241,7 @@ class StageWorker:
                              evaluate_capability=self.capability_evaluator() if reads_tasks
                              else None,
                              corpus_without=functools.partial(self.filtered_corpus, tokenizer),
-                             checkpoint=self.checkpoint(job))
+                             checkpoint=self.checkpoint(job), compute=self.cfg.compute)
         ctx.private_dir.mkdir()
         variant.plugin.defend(ctx)
         Release(ctx.release_dir, self.cfg.model)  # validates the allow-list
@@ -277,7 +279,7 @@ class StageWorker:
                 seed=a["seed"], evaluate=Scorer(self.evaluator, (task,)),
                 evaluate_capability=self.capability_evaluator(),
                 budget_points=functools.partial(budget_points, points),
-                progress=self.progress, authorization=owner,
+                progress=self.progress, authorization=owner, compute=self.cfg.compute,
                 desc=f"{who}{adversary.label}/{task}/s{a['seed']}")
             torch.manual_seed(a["seed"])
             result = adversary.plugin.attack(release, self.task_data[task]["train"], ctx)
@@ -290,6 +292,7 @@ class StageWorker:
             "diagnostics": diagnostics,
             "diverged_at": result.diverged_at, "steps": result.steps,
             "tokens": result.tokens, "flops": result.flops, "wall_s": result.wall_s,
+            "recompute_flops": result.recompute_flops,
             "eval_s": result.eval_s,
             "points": [asdict(p) for p in result.points]})
 

@@ -129,10 +129,15 @@ def test_shipped_configs_validate() -> None:
         hub = raw.get("model", {}).get("name_or_path", "tiny") != "tiny"
         matrices[path.name] = m = resolve(raw, check_data=not hub)
         assert m.defenses and m.adversaries and m.restricted_tasks, path.name
-    assert {"default.yaml", "smoke.yaml", "gpu_qwen2.5-0.5b.yaml"} <= matrices.keys()
+    assert {"default.yaml", "smoke.yaml", "gpu_qwen2.5-0.5b.yaml",
+            "gpu_llama3.1-8b.yaml"} <= matrices.keys()
     gpu = matrices["gpu_qwen2.5-0.5b.yaml"].config
-    assert gpu.model.device == "cuda" and gpu.pretrain.steps == 0
+    assert gpu.model.device == "auto" and gpu.pretrain.steps == 0
     assert gpu.pretrain.bases == [0]  # a hub model is one base
+    for name in ("gpu_qwen2.5-0.5b.yaml", "gpu_llama3.1-8b.yaml"):  # the GPU-ready loop's options
+        compute = matrices[name].config.compute
+        assert compute.precision == "bf16" and compute.micro_batch_size
+        assert compute.gradient_checkpointing
     with pytest.raises(ConfigError, match="sciq"):  # the data check is what needs the hub
         resolve(yaml.safe_load((root / "gpu_qwen2.5-0.5b.yaml").read_text()))
 
