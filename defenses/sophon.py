@@ -241,7 +241,8 @@ def lm_loss(model: torch.nn.Module, params: Params, batch: dict[str, torch.Tenso
 
 class Suppression:
     """First-order MAML over simulated fine-tuning, on one functional copy of the weights (made
-    once): memory does not grow with K, and no module is deep-copied."""
+    once): memory does not grow with K, and no module is deep-copied. The meta-gradient
+    accumulates in the weights' own ``.grad`` (no second buffer the size of the model)."""
 
     def __init__(self, model: torch.nn.Module, loss: Loss,
                  autocast: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
@@ -250,15 +251,18 @@ class Suppression:
         self.autocast = autocast  # the matrix's precision (bf16 autocast, or nothing)
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.fast = {n: p.detach().clone().requires_grad_(True) for n, p in self.params.items()}
-        self.meta = {n: torch.zeros_like(p) for n, p in self.params.items()}
 
     def simulate(self, strategy: Strategy, data: TaskData, inner_steps: int,
                  query_batch: int) -> float:
         """K simulated fine-tuning steps from the current weights; adds the query loss's
-        gradient at each adapted point into ``self.meta``; returns the mean query loss."""
+        gradient at each adapted point into the weights' ``.grad``; returns the mean query
+        loss."""
         with torch.no_grad():
             for n, p in self.params.items():
                 self.fast[n].copy_(p)
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        meta = [p.grad for p in self.params.values()]
         fast = list(self.fast.values())
         opt = (torch.optim.SGD(fast, lr=strategy.lr) if strategy.optimizer == "sgd"
                else torch.optim.Adam(fast, lr=strategy.lr))
@@ -273,20 +277,17 @@ class Suppression:
             with self.autocast():
                 q = query_loss(self.model, self.fast, data.query(query_batch), self.loss)
             grads = torch.autograd.grad(q, fast)  # first order: d q / d fast, not d theta
-            torch._foreach_add_(list(self.meta.values()), grads)
+            torch._foreach_add_(meta, grads)
             total += float(q.detach())
         return total / inner_steps
 
     def apply(self, optimizer: torch.optim.Optimizer, count: int, grad_clip: float) -> float:
-        """Set the averaged meta-gradient as the weights' gradient and step; returns its norm
-        before clipping."""
-        for n, p in self.params.items():
-            p.grad = self.meta[n] / count
+        """Average the meta-gradient accumulated in ``.grad`` and step; returns its norm before
+        clipping. The gradients are freed after (the next :meth:`simulate` starts from zero)."""
+        torch._foreach_div_([p.grad for p in self.params.values()], count)
         norm = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), grad_clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        for m in self.meta.values():
-            m.zero_()
         return norm
 
 
@@ -351,7 +352,8 @@ class Sophon(Defense[SophonConfig]):
             log += saved["log"]
             stats["capability_start"] = saved["capability_start"]
             stats["segments"] = saved["segments"]
-        backup = [p.detach().clone() for p in params]  # the last weights that passed the guard
+        # the last weights that passed the guard (kept only where a guard runs: a model's size)
+        backup = [p.detach().clone() for p in params] if cfg.guard is not None else []
         if saved is not None:
             with torch.no_grad():
                 for b, p in zip(backup, saved["backup"], strict=True):

@@ -67,6 +67,8 @@ class StageLog:
     dispatch_s: float | None = None  # driver's submit-to-result time minus the worker's time
     threads: int | None = None  # torch threads the stage ran with
     wait_policy: dict[str, Any] | None = None  # the worker's OpenMP wait policy and runtime
+    peak_mem_mb: float | None = None  # the stage's peak (CUDA allocated, or resident on Linux)
+    start_mem_mb: float | None = None  # resident memory when it started (the process's own)
 
 
 @dataclass

@@ -156,11 +156,44 @@ class TrainResult:
         return self.diverged_at is not None
 
 
+def _proc_status_mb(field_name: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window (a stage's): CUDA's allocator peak, or on Linux the
+    process's resident high-water mark (``/proc/self/clear_refs``); elsewhere the peak stays
+    the process's."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def resident_memory_mb() -> float | None:
+    """The process's resident memory now (Linux), or None."""
+    return _proc_status_mb("VmRSS")
+
+
 def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since the last :func:`reset_peak_memory`: allocated CUDA memory on a GPU;
+    on the CPU, the process's resident high-water mark (VmHWM; ``ru_maxrss``, the process's
+    whole-life peak, where /proc is missing)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is the process peak in KiB on Linux: an upper bound for the CPU case.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hwm = _proc_status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @functools.cache
@@ -331,6 +364,9 @@ def train(
 
 def is_checkpointing(model: torch.nn.Module) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    # transformers 5.x names it "activation checkpointing" (the "gradient" names are deprecated)
+    if hasattr(type(base), "is_activation_checkpointing"):
+        return bool(base.is_activation_checkpointing)
     return bool(getattr(base, "is_gradient_checkpointing", False))
 
 
@@ -347,10 +383,19 @@ def checkpointing(model: torch.nn.Module, on: bool) -> Iterator[None]:
         raise ValueError(f"{type(base).__name__} does not support gradient checkpointing "
                          "(compute.gradient_checkpointing)")
     use_cache = getattr(base.config, "use_cache", None)
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    new_names = hasattr(base, "activation_checkpointing_enable")
+    if new_names:
+        base.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     base.config.use_cache = False  # a cache is meaningless while training, and HF warns
     try:
         yield
     finally:
-        base.gradient_checkpointing_disable()
+        if new_names:
+            base.activation_checkpointing_disable()
+        else:
+            base.gradient_checkpointing_disable()
         base.config.use_cache = use_cache

@@ -46,7 +46,7 @@ from nftbench.records import Job, StageLog
 from nftbench.run_folder import RunFolder
 from nftbench.store import Store
 from nftbench.threads import openmp_runtime
-from nftbench.train import train
+from nftbench.train import peak_memory_mb, reset_peak_memory, resident_memory_mb, train
 from nftbench.world import World
 
 log = logging.getLogger("nftbench")
@@ -182,15 +182,20 @@ class StageWorker:
             if store.has(job.kind, job.key):  # another worker computed it while we waited
                 return self._cached(job)
             log.info("%-8s %-40s running (%s)", job.kind, job.label, job.key[:10])
+            device = self.cfg.model.torch_device()
+            reset_peak_memory(device)
+            start_mem = resident_memory_mb()
             start = time.perf_counter()
             build = getattr(self, f"build_{job.kind}")
             with store.write(job.kind, job.key, job.payload) as tmp:
                 build(job, tmp)
             self.checkpoint(job).clear()  # the entry is written: its checkpoint is spent
             wall = time.perf_counter() - start
-        log.info("%-8s %-40s done in %.1fs", job.kind, job.label, wall)
+            peak = peak_memory_mb(device)
+        log.info("%-8s %-40s done in %.1fs (peak %.0f MB)", job.kind, job.label, wall, peak)
         return StageLog(job.kind, job.label, job.key, cached=False, wall_s=wall,
-                        computed_wall_s=wall, worker=self.whoami)
+                        computed_wall_s=wall, worker=self.whoami, peak_mem_mb=peak,
+                        start_mem_mb=start_mem)
 
     def _cached(self, job: Job) -> StageLog:
         log.info("%-8s %-40s cached  (%s)", job.kind, job.label, job.key[:10])
