@@ -144,7 +144,6 @@ class PMP(Defense[PMPConfigT]):
         cfg, pre = self.config, ctx.pretrain
         model = ctx.init_model(pre.seed)  # theta_0 of the dense base too
         params = dict(model.named_parameters())
-        theta_0 = {n: p.detach().clone() for n, p in params.items()}
         skip = {n for n, p in params.items() if excluded(n, p, cfg.exclude)}
         stats: dict = {"config": cfg.model_dump(mode="json")}
 
@@ -155,10 +154,12 @@ class PMP(Defense[PMPConfigT]):
         elif cfg.mask == "random_rows":
             mask = random_rows(model, cfg.rho, gen)
         else:
+            theta_0 = {n: p.detach().clone() for n, p in params.items()}
             mask, stats["stage1"] = self.early_bird(model, ctx, skip)
             with torch.no_grad():  # rewind to theta_0 (lottery-ticket rewinding to step 0)
                 for n, p in params.items():
                     p.copy_(theta_0[n])
+            del theta_0  # a model's size, not needed in Stage II
 
         ticket = TicketHooks(model, mask)
         norms: list[tuple[int, float]] = [(0, ticket.complement_norm())]
@@ -212,6 +213,8 @@ class PMP(Defense[PMPConfigT]):
             tiebreak = {n: torch.rand(p.shape, generator=gen) for n, p in params.items()}
 
         def score() -> None:  # after backward (a uniform clip scale leaves top-k unchanged)
+            if cfg.ema is None:  # the last batch's scores go before this batch's are made
+                state["scores"] = None
             now = {n: (p.grad * p if cfg.score == "grad_weight" else p.grad).detach().abs()
                    for n, p in params.items()}
             prev = state["scores"]

@@ -46,21 +46,94 @@ def load_mask(path: str | Path) -> Mask:
     return out
 
 
+#: elements per pass when keys are computed: bounds the top-k's scratch memory whatever the model
+CHUNK = 1 << 24
+
+
 def global_topk(scores: dict[str, torch.Tensor], fraction: float,
                 tiebreak: dict[str, torch.Tensor] | None = None) -> Mask:
     """The ``fraction`` of elements with the highest score over all tensors together (exact:
     exactly ``round(fraction * n)`` elements). Ties at the threshold go to the higher
     ``tiebreak`` priority (same shapes as ``scores``; e.g. a fixed random draw), else to the
-    earlier position."""
-    flat = torch.cat([s.detach().float().flatten().cpu() for s in scores.values()])
-    priority = None if tiebreak is None else torch.cat(
-        [tiebreak[n].detach().float().flatten().cpu() for n in scores])
-    chosen = topk_elements(flat, round(fraction * flat.numel()), priority)
-    out, start = {}, 0
-    for name, s in scores.items():
-        out[name] = chosen[start:start + s.numel()].view(s.shape)
-        start += s.numel()
+    earlier position (the tensors' order, then the element's).
+
+    A radix select (see :func:`topk_elements`) that streams over the tensors in chunks: beyond
+    the masks it returns, its memory is a chunk's keys and the threshold bucket's candidates,
+    not a copy of every score (at 0.5B parameters a one-shot top-k held five of those)."""
+    n_total = sum(s.numel() for s in scores.values())
+    return _select(scores, round(fraction * n_total), tiebreak)
+
+
+def _select(scores: dict[str, torch.Tensor], k: int,
+            tiebreak: dict[str, torch.Tensor] | None) -> Mask:
+    names = list(scores)
+    flats = {n: scores[n].detach().reshape(-1) for n in names}
+    n_total = sum(f.numel() for f in flats.values())
+    if k <= 0 or k >= n_total:
+        return {n: torch.full(scores[n].shape, k >= n_total and n_total > 0, dtype=torch.bool)
+                for n in names}
+    hist = torch.zeros(65536, dtype=torch.int64)
+    for n in names:
+        for chunk in _chunks(flats[n]):
+            hist += torch.bincount(_bucket(chunk), minlength=65536)
+    threshold, taken = _threshold_bucket(hist, k)
+    out: dict[str, torch.Tensor] = {}
+    candidates, cand_keys, cand_priority, offsets = [], [], [], {}
+    offset = 0
+    for n in names:
+        chosen = torch.empty(flats[n].numel(), dtype=torch.bool)
+        start = 0
+        for chunk in _chunks(flats[n]):
+            bucket = _bucket(chunk)
+            chosen[start:start + chunk.numel()] = bucket > threshold
+            local = (bucket == threshold).nonzero().squeeze(1)
+            if local.numel():
+                candidates.append(local + (offset + start))
+                cand_keys.append(_keys(chunk)[local])
+                if tiebreak is not None:
+                    prio = tiebreak[n].detach().reshape(-1)[start:start + chunk.numel()]
+                    cand_priority.append(prio[local.to(prio.device)].float().cpu())
+            start += chunk.numel()
+        out[n] = chosen
+        offsets[n] = offset
+        offset += flats[n].numel()
+    cand = torch.cat(candidates)
+    keys = torch.cat(cand_keys)
+    if tiebreak is not None:  # equal values (all in this bucket) keep this order
+        order = torch.sort(torch.cat(cand_priority), descending=True, stable=True).indices
+        cand, keys = cand[order], keys[order]
+    order = torch.sort(keys, descending=True, stable=True).indices
+    picked = cand[order[:k - taken]]
+    for n in names:
+        lo, hi = offsets[n], offsets[n] + flats[n].numel()
+        mine = picked[(picked >= lo) & (picked < hi)]
+        out[n][mine - lo] = True
+        out[n] = out[n].view(scores[n].shape)
     return out
+
+
+def _chunks(flat: torch.Tensor):
+    for i in range(0, flat.numel(), CHUNK):
+        yield flat[i:i + CHUNK].float().cpu()
+
+
+def _keys(x: torch.Tensor) -> torch.Tensor:
+    """int32 keys whose integer order is the float32 values' order (sign-magnitude to two's
+    complement: flip the magnitude bits of negative floats)."""
+    bits = x.contiguous().view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _bucket(x: torch.Tensor) -> torch.Tensor:
+    """0 .. 65535, in the floats' order: the top 16 bits of the keys."""
+    return (_keys(x) >> 16) + 32768
+
+
+def _threshold_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """The bucket holding the k-th largest element, and how many elements lie above it."""
+    at_or_above = hist.flip(0).cumsum(0)
+    i = int(torch.searchsorted(at_or_above, k))  # the k-th largest lies in bucket 65535 - i
+    return 65535 - i, (int(at_or_above[i - 1]) if i else 0)
 
 
 def topk_elements(flat: torch.Tensor, k: int, priority: torch.Tensor | None = None
@@ -73,23 +146,7 @@ def topk_elements(flat: torch.Tensor, k: int, priority: torch.Tensor | None = No
     elements by their top 16 bits; every bucket above the one holding the k-th largest is
     taken whole, and only that bucket is sorted.
     """
-    n = flat.numel()
-    if k <= 0 or k >= n:
-        return torch.full((n,), k >= n and n > 0, dtype=torch.bool)
-    bits = flat.contiguous().view(torch.int32)
-    keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # integer order == float order
-    bucket = (keys >> 16) + 32768  # 0 .. 65535, in the floats' order
-    at_or_above = torch.bincount(bucket, minlength=65536).flip(0).cumsum(0)
-    i = int(torch.searchsorted(at_or_above, k))  # the k-th largest lies in bucket 65535 - i
-    taken = int(at_or_above[i - 1]) if i else 0
-    chosen = bucket > 65535 - i
-    candidates = (bucket == 65535 - i).nonzero().squeeze(1)
-    if priority is not None:  # equal values (all in this bucket) keep this order
-        candidates = candidates[torch.sort(priority[candidates], descending=True,
-                                           stable=True).indices]
-    order = torch.sort(keys[candidates], descending=True, stable=True).indices
-    chosen[candidates[order[:k - taken]]] = True
-    return chosen
+    return _select({"flat": flat}, k, None if priority is None else {"flat": priority})["flat"]
 
 
 def mask_iou(a: Mask, b: Mask) -> float:

@@ -265,3 +265,32 @@ def test_named_variants_carry_their_settings() -> None:
         0.98, "per_tensor", 32, ())
     rows = DEFENSES.get("pmp_rows").Config()
     assert (rows.mask, rows.rho) == ("random_rows", 0.7)
+
+
+def test_streamed_topk_is_the_sorted_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunked radix select picks exactly what a full stable sort picks: value descending,
+    then tie-break priority descending, then position (tensor order, then element), across
+    chunk and tensor boundaries, with ties and zeros. (-0.0 ranks just below +0.0 there: the
+    select orders the floats' bits, a sort calls them equal.)"""
+    from nftbench import masks
+
+    monkeypatch.setattr(masks, "CHUNK", 97)
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(24):
+        shapes = [(int(torch.randint(1, 30, (1,), generator=gen)), 40) for _ in range(3)]
+        scores = {f"t{i}": torch.randint(-3, 4, s, generator=gen).float() / 2 if trial % 2
+                  else torch.randn(s, generator=gen) for i, s in enumerate(shapes)}
+        tiebreak = {n: torch.rand(v.shape, generator=gen) for n, v in scores.items()} \
+            if trial % 3 else None
+        flat = torch.cat([v.flatten() for v in scores.values()])
+        order = torch.arange(flat.numel())
+        if tiebreak is not None:
+            prio = torch.cat([tiebreak[n].flatten() for n in scores])
+            order = order[torch.sort(prio, descending=True, stable=True).indices]
+        order = order[torch.sort(flat[order], descending=True, stable=True).indices]
+        for fraction in (0.05, 0.5, 0.9):
+            k = round(fraction * flat.numel())
+            expected = torch.zeros(flat.numel(), dtype=torch.bool)
+            expected[order[:k]] = True
+            got = masks.global_topk(scores, fraction, tiebreak)
+            assert torch.equal(torch.cat([got[n].flatten() for n in scores]), expected)
