@@ -48,7 +48,15 @@ from pydantic import Field
 from transformers import PreTrainedModel
 
 from nftbench.api import AttackOutcome, Authorization, Defense, DefenseContext
-from nftbench.masks import MASK_FILE, Mask, global_topk, load_mask, mask_iou, save_mask
+from nftbench.masks import (
+    MASK_FILE,
+    Mask,
+    align_mask,
+    global_topk,
+    load_mask,
+    mask_iou,
+    save_mask,
+)
 from nftbench.masks import attack_diagnostics as mask_attack_diagnostics
 from nftbench.registry import PluginConfig, register_defense
 from nftbench.train import OptimConfig, train
@@ -271,13 +279,15 @@ class TicketHooks:
     """Training restricted to a mask's elements, in place: ``grad_hook`` zeroes the
     complement's gradients after backward, ``after_step`` puts the complement back where it
     must be (undoing weight decay), ``project`` shrinks it onto an L2 ball. Holds one masked
-    copy of the weights, made once; nothing is copied per step."""
+    copy of the weights, made once; nothing is copied per step. A tied tensor (input and output
+    embeddings) is held once, so it is masked and restored once, by one mask."""
 
     def __init__(self, model: torch.nn.Module, mask: Mask) -> None:
-        self.params = [p for n, p in model.named_parameters() if n in mask]
-        names = [n for n, _ in model.named_parameters() if n in mask]
-        self.keep = [mask[n].to(p.device, p.dtype) for n, p in zip(names, self.params,
-                                                                    strict=True)]
+        mask = align_mask(mask, model)
+        params = dict(model.named_parameters())
+        self.params = [params[n] for n in mask]
+        self.keep = [mask[n].to(p.device, p.dtype) for n, p in zip(mask, self.params,
+                                                                   strict=True)]
         # the complement's values (zeros on the ticket): theta_0's, or the release's
         self.anchor = [p.detach() * (1 - k) for p, k in zip(self.params, self.keep,
                                                             strict=True)]
