@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers as tf
 from safetensors import safe_open
 from test_architectures import ARCHITECTURES, WORLD, local_model
 
@@ -16,7 +17,7 @@ from nftbench.api import DefenseContext
 from nftbench.config import PretrainConfig
 from nftbench.data import corpus_batches, pack_corpus
 from nftbench.defenses.pmp import PMP, STATS_FILE, PMPConfig, TicketHooks
-from nftbench.masks import MASK_FILE, load_mask, mask_iou
+from nftbench.masks import MASK_FILE, load_mask, mask_iou, update_share
 from nftbench.models import (
     ModelSpec,
     TinyLlamaConfig,
@@ -24,6 +25,7 @@ from nftbench.models import (
     load_release,
     load_tokenizer,
     train_tokenizer,
+    weight_update,
 )
 from nftbench.train import OptimConfig, train
 from nftbench.world import World
@@ -144,6 +146,28 @@ def test_a_mask_names_a_tied_tensor_by_either_name_and_only_consistently(tokeniz
         TicketHooks(model, both | {"lm_head.weight": ~keep})
     with pytest.raises(ValueError, match="no_such"):
         TicketHooks(model, others | {"no_such.weight": keep})
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_weight_update_names_every_parameter_as_the_mask_does(arch, specs, tokenizer) -> None:
+    """Diagnostics line up: the update is keyed by the model's parameter names (a tied table
+    once, under the name the mask uses), whatever names the safetensors file holds."""
+    folder = Path(specs[arch].name_or_path)
+    model = tf.AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.add_(float(i + 1))
+    update = weight_update(model, folder)
+    names = [n for n, _ in model.named_parameters()]
+    assert list(update) == names
+    for i, n in enumerate(names):
+        assert torch.allclose(update[n], torch.full_like(update[n], float(i + 1))), n
+    mask = {n: torch.ones_like(d, dtype=torch.bool) for n, d in update.items()}
+    table = table_names(model)[0]
+    mask[table] = torch.zeros_like(mask[table])
+    on = sum(float(d.pow(2).sum()) for n, d in update.items() if n != table)
+    assert update_share(update, mask) == pytest.approx(
+        on / sum(float(d.pow(2).sum()) for d in update.values()))
 
 
 def test_a_guess_keyed_by_the_head_scores_the_tied_table(specs, tokenizer, tmp_path) -> None:
