@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -46,6 +47,7 @@ from typing import Any, Literal, TypeVar
 import torch
 from pydantic import Field
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 from nftbench.api import AttackOutcome, Authorization, Defense, DefenseContext
 from nftbench.masks import (
@@ -93,9 +95,15 @@ class PMPConfig(PluginConfig):
     quota: Literal["global", "per_tensor"] = Field(
         "global", description="global: one top-k over all parameters (the script); per_tensor: "
         "rho of every tensor")
+    # By module type, the same on every architecture: every lookup table (tokens, and learned
+    # positions: GPT-2's wpe, OPT's embed_positions) plus the output head (tied: the token
+    # table itself), and every norm layer, weight and bias; what is left is the linear layers.
+    # On Llama these are the tensors the former rule chose by name (embed_tokens, lm_head, *norm).
     exclude: tuple[Literal["embeddings", "norms"], ...] = Field(
-        (), description="tensors kept out of the mask and trained densely (the script "
-        "excludes nothing); rho applies to the rest")
+        (), description="tensors kept out of the mask and trained densely, chosen by module "
+        "type (embeddings: every nn.Embedding, positions included, and the output head; "
+        "norms: every normalization layer); the script excludes nothing; rho applies to the "
+        "rest")
     tau: int = Field(400, ge=1, description="(projected) steps between projections (the "
                      "script's effective value: its command-line default overrides the 200 of "
                      "its dataclass)")
@@ -106,10 +114,26 @@ class PMPConfig(PluginConfig):
 PMPConfigT = TypeVar("PMPConfigT", bound=PMPConfig)
 
 
-def excluded(name: str, param: torch.Tensor, exclude: tuple[str, ...]) -> bool:
-    if "embeddings" in exclude and ("embed_tokens" in name or "lm_head" in name):
-        return True
-    return "norms" in exclude and param.dim() == 1 and "norm" in name
+#: normalization layers: torch's, and any class named like one (Hugging Face's LlamaRMSNorm,
+#: GemmaRMSNorm, ... derive from nn.Module directly)
+NORMS = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm,
+         torch.nn.modules.batchnorm._NormBase)
+NORM_NAME = re.compile(r"(Layer|RMS|Group|Batch)Norm")
+
+
+def exempt(model: PreTrainedModel, exclude: tuple[str, ...]) -> set[str]:
+    """The parameters ``exclude`` keeps out of the mask (see ``PMPConfig.exclude``), by module
+    type, under ``named_parameters``'s names (a tied table once)."""
+    modules: list[torch.nn.Module] = []
+    if "embeddings" in exclude:
+        modules += [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+        modules += [m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                    if m is not None]
+    if "norms" in exclude:
+        modules += [m for m in model.modules()
+                    if isinstance(m, NORMS) or NORM_NAME.search(type(m).__name__)]
+    ids = {id(p) for m in modules for p in m.parameters(recurse=False)}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
 
 
 def select_mask(scores: dict[str, torch.Tensor], cfg: PMPConfig, skip: set[str],
@@ -128,16 +152,21 @@ def select_mask(scores: dict[str, torch.Tensor], cfg: PMPConfig, skip: set[str],
 
 def random_rows(model: torch.nn.Module, rho: float, gen: torch.Generator) -> Mask:
     """frozen_un.py's mask: in every linear layer, ``max(1, int(out * (1 - rho)))`` output rows
-    drawn at random are frozen; every other parameter trains."""
+    drawn at random are frozen; every other parameter trains. A linear layer is found by type:
+    nn.Linear (rows are outputs) or GPT-2's Conv1D (columns are). A tied output head is a
+    linear layer over the token table, so that table loses rows (tokens) too, as the script
+    (which walks nn.Linear modules) would do on a tied model."""
     freeze = round(1 - rho, 9)  # (1 - 0.7 is 0.30000000000000004)
-    linear = {f"{name}.weight": module.out_features for name, module in model.named_modules()
-              if isinstance(module, torch.nn.Linear)}
+    out_dim = {id(m.weight): 1 if isinstance(m, Conv1D) else 0 for m in model.modules()
+               if isinstance(m, torch.nn.Linear | Conv1D)}
     mask = {}
-    for name, p in model.named_parameters():
+    for name, p in model.named_parameters():  # a tied table once
         keep = torch.ones(p.shape, dtype=torch.bool)
-        if name in linear and freeze > 0:
-            rows = torch.randperm(linear[name], generator=gen)[:max(1, int(linear[name] * freeze))]
-            keep[rows] = False
+        dim = out_dim.get(id(p))
+        if dim is not None and freeze > 0:
+            n = p.shape[dim]
+            rows = torch.randperm(n, generator=gen)[:max(1, int(n * freeze))]
+            keep.index_fill_(dim, rows, False)
         mask[name] = keep
     return mask
 
@@ -153,7 +182,7 @@ class PMP(Defense[PMPConfigT]):
         model = ctx.init_model(pre.seed)  # theta_0 of the dense base too
         params = dict(model.named_parameters())
         theta_0 = {n: p.detach().clone() for n, p in params.items()}
-        skip = {n for n, p in params.items() if excluded(n, p, cfg.exclude)}
+        skip = exempt(model, cfg.exclude)
         stats: dict = {"config": cfg.model_dump(mode="json")}
 
         gen = torch.Generator().manual_seed(pre.seed)

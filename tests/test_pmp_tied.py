@@ -12,11 +12,12 @@ import torch
 import transformers as tf
 from safetensors import safe_open
 from test_architectures import ARCHITECTURES, WORLD, local_model
+from transformers.pytorch_utils import Conv1D
 
 from nftbench.api import DefenseContext
 from nftbench.config import PretrainConfig
 from nftbench.data import corpus_batches, pack_corpus
-from nftbench.defenses.pmp import PMP, STATS_FILE, PMPConfig, TicketHooks
+from nftbench.defenses.pmp import PMP, STATS_FILE, PMPConfig, PMPRows, PMPRowsConfig, TicketHooks
 from nftbench.masks import MASK_FILE, load_mask, mask_iou, update_share
 from nftbench.models import (
     ModelSpec,
@@ -188,3 +189,98 @@ def test_a_guess_keyed_by_the_head_scores_the_tied_table(specs, tokenizer, tmp_p
     expected = right / (right + mask[table].numel())
     assert attack_diagnostics(mask, outcome)["mask_iou"] == pytest.approx(expected)
     assert mask_iou(guess, mask) == 1.0  # without the model the table's entry is not seen
+
+
+# -- exclude and pmp_rows by module type ------------------------------------------------------
+
+#: what `exclude` keeps dense, per architecture: every embedding lookup (token and learned
+#: position tables) and the output head; every normalization layer, weight and bias
+EMBEDDINGS = {
+    "llama": {"model.embed_tokens.weight", "lm_head.weight"},
+    "qwen2": {"model.embed_tokens.weight", "lm_head.weight"},
+    "mistral": {"model.embed_tokens.weight", "lm_head.weight"},
+    "phi3": {"model.embed_tokens.weight", "lm_head.weight"},
+    "gemma": {"model.embed_tokens.weight"},  # tied: the head is this tensor
+    "gpt_neox": {"gpt_neox.embed_in.weight", "lm_head.weight"},
+    "gpt2": {"transformer.wte.weight", "transformer.wpe.weight"},
+    "opt": {"model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight"},
+}
+
+
+def names_of(model: torch.nn.Module, types: tuple[type, ...]) -> set[str]:
+    """The parameter names (``named_parameters``'s: a tied tensor under its first name) of the
+    modules of these types."""
+    ids = {id(p) for m in model.modules() if isinstance(m, types) for p in m.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def old_name_rule(name: str, param: torch.Tensor, exclude: tuple[str, ...]) -> bool:
+    """The former rule, by Llama's names (kept here to show Llama's choice is unchanged)."""
+    if "embeddings" in exclude and ("embed_tokens" in name or "lm_head" in name):
+        return True
+    return "norms" in exclude and param.dim() == 1 and "norm" in name
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_exclude_picks_embeddings_and_norms_by_module_type(arch, specs) -> None:
+    from nftbench.defenses.pmp import exempt
+
+    model = tf.AutoModelForCausalLM.from_pretrained(specs[arch].name_or_path)
+    embeddings = exempt(model, ("embeddings",))
+    norms = exempt(model, ("norms",))
+    assert embeddings == EMBEDDINGS[arch]
+    norm_types = (torch.nn.LayerNorm, *{type(m) for m in model.modules()
+                                        if type(m).__name__.endswith("RMSNorm")})
+    assert norms == names_of(model, norm_types)
+    assert len(norms) >= 5  # two blocks of two norms and a final one
+    # what is left is exactly the linear layers (and their biases)
+    linear = names_of(model, (torch.nn.Linear, Conv1D))
+    left = {n for n, _ in model.named_parameters()} - exempt(model, ("embeddings", "norms"))
+    assert left == linear - embeddings
+    if arch in ("llama", "qwen2", "mistral", "phi3", "gemma"):  # unchanged on Llama's names
+        for exclude in [("embeddings",), ("norms",), ("embeddings", "norms")]:
+            assert exempt(model, exclude) == {n for n, p in model.named_parameters()
+                                              if old_name_rule(n, p, exclude)}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt"])
+def test_excluded_tables_train_densely_and_rho_applies_to_the_rest(arch, specs, tokenizer,
+                                                                    tmp_path) -> None:
+    from nftbench.defenses.pmp import exempt
+
+    spec = specs[arch]
+    plugin = PMP(PMPConfig(rho=0.3, eb_max_steps=3, exclude=("embeddings", "norms")))
+    folder = defend(spec, tokenizer, tmp_path, plugin)
+    mask = load_mask(folder / "private" / MASK_FILE)
+    model = load_release(folder / "release", spec)[0]
+    skip = exempt(model, ("embeddings", "norms"))
+    assert skip >= EMBEDDINGS[arch]
+    assert all(mask[n].all() for n in skip)
+    rest = sum(mask[n].numel() for n in mask if n not in skip)
+    assert sum(int(mask[n].sum()) for n in mask if n not in skip) == round(0.3 * rest)
+
+
+@pytest.mark.parametrize("arch", TIED_ARCHS)
+def test_rows_variant_freezes_output_rows_of_every_linear_layer_tied_head_included(
+        arch, specs, tokenizer, tmp_path) -> None:
+    """frozen_un.py's rule on any architecture: a Linear's output rows, a Conv1D's (GPT-2)
+    output columns, and the tied head's rows (tokens) of the shared table."""
+    spec = specs[arch]
+    folder = defend(spec, tokenizer, tmp_path, PMPRows(PMPRowsConfig()))
+    mask = load_mask(folder / "private" / MASK_FILE)
+    model = load_release(folder / "release", spec)[0]
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear | Conv1D):
+            m = mask[names[id(module.weight)]]
+            rows = m.T if isinstance(module, Conv1D) else m  # output units first
+            whole = rows.all(dim=1)
+            assert (rows.any(dim=1) == whole).all()  # an output unit frozen whole or not
+            assert int((~whole).sum()) == max(1, int(rows.shape[0] * 0.3))
+            seen.add(names[id(module.weight)])
+    table = table_names(model)
+    assert set(table) & seen  # the tied head's table is among them
+    for n, m in mask.items():
+        if n not in seen:
+            assert m.all(), n  # biases, norms, position tables train
