@@ -212,7 +212,7 @@ class PMP(Defense[PMPConfigT]):
                        desc="pmp stage II", progress=ctx.progress)
         if result.diverged:
             raise FloatingPointError(f"PMP stage II diverged at step {result.diverged_at}")
-        stats["stage2"] = {"steps": result.steps, "tokens": result.tokens,
+        stats["stage2"] = {"steps": result.steps, "tokens": result.tokens, "flops": result.flops,
                            "losses": result.losses[:: max(1, len(result.losses) // 200)],
                            "complement_norm": norms}
         stats["trained_fraction"] = {n: float(m.float().mean()) for n, m in mask.items()}
@@ -273,7 +273,8 @@ class PMP(Defense[PMPConfigT]):
                        cfg.eb_max_steps, optim, grad_hook=score, after_step=check,
                        desc="pmp stage I", progress=ctx.progress)
         return state["mask"], {"lr": lr, "iou": state["iou"], "stopped_at": state["stop"],
-                               "steps": result.steps, "early_bird": state["stop"] is not None}
+                               "steps": result.steps, "tokens": result.tokens,
+                               "flops": result.flops, "early_bird": state["stop"] is not None}
 
 
 class PMPIntentConfig(PMPConfig):

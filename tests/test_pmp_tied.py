@@ -28,7 +28,7 @@ from nftbench.models import (
     train_tokenizer,
     weight_update,
 )
-from nftbench.train import OptimConfig, train
+from nftbench.train import OptimConfig, count_matmul_params, train
 from nftbench.world import World
 
 TINY = TinyLlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -284,3 +284,49 @@ def test_rows_variant_freezes_output_rows_of_every_linear_layer_tied_head_includ
     for n, m in mask.items():
         if n not in seen:
             assert m.all(), n  # biases, norms, position tables train
+
+
+# -- FLOPs -----------------------------------------------------------------------------------
+
+
+def analytic_matmul_params(arch: str, vocab: int) -> int:
+    """Parameters of matrix multiplications, by hand: every block, the final norm and the
+    output head (once, tied or not); no lookup table (token or position)."""
+    h, f, layers = 32, 64, 2
+    if arch == "tiny":
+        h, f, layers = TINY.hidden_size, TINY.intermediate_size, TINY.num_hidden_layers
+        return layers * (4 * h * h + 3 * h * f + 2 * h) + h + vocab * h
+    if arch == "gpt2":  # c_attn, attn c_proj, c_fc, mlp c_proj (with biases), ln_1, ln_2
+        block = (3 * h * h + 3 * h) + (h * h + h) + (4 * h * h + 4 * h) + (4 * h * h + h)
+        return layers * (block + 4 * h) + 2 * h + vocab * h
+    if arch == "opt":  # q, k, v, out (with biases), fc1, fc2, two LayerNorms
+        block = 4 * (h * h + h) + (h * f + f) + (f * h + h) + 4 * h
+        return layers * block + 2 * h + vocab * h
+    if arch == "gemma":  # 4 heads of 8, one KV head of 8, gated MLP, two RMSNorms
+        block = h * 32 + 2 * h * 8 + 32 * h + 3 * h * f + 2 * h
+        return layers * block + h + vocab * h
+    raise ValueError(arch)
+
+
+@pytest.mark.parametrize("arch", ["tiny", "gpt2", "opt", "gemma"])
+def test_flops_per_token_count_a_tied_table_once_as_the_head_and_no_lookup(
+        arch, specs, tokenizer) -> None:
+    spec = specs[arch]
+    tok = tok_of(spec, tokenizer)
+    model = init_model(spec, tok, 0)
+    n = analytic_matmul_params(arch, model.get_input_embeddings().weight.shape[0])
+    assert count_matmul_params(model) == (n, n)
+    if arch == "tiny":  # tying moves no matmul: the untied model counts the same
+        assert count_matmul_params(init_model(ModelSpec(tiny=TINY), tok, 0)) == (n, n)
+    corpus = pack_corpus(World(WORLD).documents(), tok, PRE.seq_len)
+    r = train(model, corpus_batches(corpus, 2, 0), 1, OptimConfig(), progress=False)
+    assert r.flops == 6 * n * r.tokens
+
+
+def test_pmp_records_its_cost_with_the_tied_table_counted_once(specs, tokenizer,
+                                                               tmp_path) -> None:
+    folder = defend(specs["tiny"], tokenizer, tmp_path)
+    stats = json.loads((folder / "private" / STATS_FILE).read_text())
+    n = analytic_matmul_params("tiny", len(tokenizer))
+    for stage in ("stage1", "stage2"):  # every weight gradient is computed, then masked
+        assert stats[stage]["flops"] == 6 * n * stats[stage]["tokens"]
