@@ -21,6 +21,10 @@ public pre-training script describe it.
    toward zero, which reveals the mask in the released weights).
 5. Release the dense weights; the bit-packed mask and the statistics stay private.
 
+The mask is over tensors, not names: a table tied between the input embeddings and the output
+head (GPT-2, Gemma, Qwen2.5-0.5B) is one tensor, scored, selected, masked and restored once,
+under its first ``named_parameters`` name.
+
 ``mask: random`` is the ablation: a uniformly random mask of the same ratio, no Stage I.
 ``mask: random_rows`` is the authors' second script (`frozen_un.py`): a random 30% of the output
 rows of every linear layer (the output head included) frozen at theta_0, embeddings and norms

@@ -153,8 +153,9 @@ def attack_diagnostics(mask: Mask, outcome: AttackOutcome) -> dict[str, float]:
     out: dict[str, float] = {}
     if "mask" in outcome.guesses:
         guess = outcome.guesses["mask"]
+        # a tied table under any of its names (not on peft, whose names carry its prefix)
         if outcome.model is not None and not hasattr(outcome.model, "get_base_model"):
-            guess = align_mask(guess, outcome.model, strict=False)  # a tied table by any name
+            guess = align_mask(guess, outcome.model, strict=False)
         out["mask_iou"] = mask_iou(guess, mask)
     if outcome.model is not None:
         share = update_share(weight_update(outcome.model, outcome.release), mask)

@@ -35,7 +35,7 @@ TINY = TinyLlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=
                        intermediate_size=64, vocab_size=300)
 TIED = ModelSpec(tiny=TINY.model_copy(update={"tie_word_embeddings": True}))
 PRE = PretrainConfig(steps=6, batch_size=4, seq_len=32)
-TIED_ARCHS = ("tiny", "gpt2", "gemma")
+TIED_ARCHS = ("tiny", "gpt2", "gemma", "qwen2_tied")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,12 @@ def specs(tokenizer, tmp_path_factory) -> dict[str, ModelSpec]:
     out = {"tiny": TIED}
     for arch in ARCHITECTURES:
         out[arch] = ModelSpec(name_or_path=str(local_model(arch, tokenizer, root / arch)))
+    # Qwen2 as Qwen2.5-0.5B's config has it: input and output embeddings tied
+    config = tf.AutoConfig.from_pretrained(out["qwen2"].name_or_path, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    tf.AutoModelForCausalLM.from_config(config).save_pretrained(root / "qwen2_tied")
+    load_tokenizer(out["qwen2"]).save_pretrained(root / "qwen2_tied")
+    out["qwen2_tied"] = ModelSpec(name_or_path=str(root / "qwen2_tied"))
     return out
 
 
@@ -302,13 +308,16 @@ def analytic_matmul_params(arch: str, vocab: int) -> int:
     if arch == "opt":  # q, k, v, out (with biases), fc1, fc2, two LayerNorms
         block = 4 * (h * h + h) + (h * f + f) + (f * h + h) + 4 * h
         return layers * block + 2 * h + vocab * h
+    if arch == "qwen2_tied":  # q, k, v with biases (2 KV heads of 8), o, gated MLP, norms
+        block = (h * h + h) + 2 * (h * 16 + 16) + h * h + 3 * h * f + 2 * h
+        return layers * block + h + vocab * h
     if arch == "gemma":  # 4 heads of 8, one KV head of 8, gated MLP, two RMSNorms
         block = h * 32 + 2 * h * 8 + 32 * h + 3 * h * f + 2 * h
         return layers * block + h + vocab * h
     raise ValueError(arch)
 
 
-@pytest.mark.parametrize("arch", ["tiny", "gpt2", "opt", "gemma"])
+@pytest.mark.parametrize("arch", ["tiny", "gpt2", "opt", "gemma", "qwen2_tied"])
 def test_flops_per_token_count_a_tied_table_once_as_the_head_and_no_lookup(
         arch, specs, tokenizer) -> None:
     spec = specs[arch]
