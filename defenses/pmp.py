@@ -21,6 +21,10 @@ public pre-training script describe it.
    toward zero, which reveals the mask in the released weights).
 5. Release the dense weights; the bit-packed mask and the statistics stay private.
 
+The mask is over tensors, not names: a table tied between the input embeddings and the output
+head (GPT-2, Gemma, Qwen2.5-0.5B) is one tensor, scored, selected, masked and restored once,
+under its first ``named_parameters`` name.
+
 ``mask: random`` is the ablation: a uniformly random mask of the same ratio, no Stage I.
 ``mask: random_rows`` is the authors' second script (`frozen_un.py`): a random 30% of the output
 rows of every linear layer (the output head included) frozen at theta_0, embeddings and norms
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -46,9 +51,18 @@ from typing import Any, Literal, TypeVar
 import torch
 from pydantic import Field
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 from nftbench.api import AttackOutcome, Authorization, Defense, DefenseContext
-from nftbench.masks import MASK_FILE, Mask, global_topk, load_mask, mask_iou, save_mask
+from nftbench.masks import (
+    MASK_FILE,
+    Mask,
+    align_mask,
+    global_topk,
+    load_mask,
+    mask_iou,
+    save_mask,
+)
 from nftbench.masks import attack_diagnostics as mask_attack_diagnostics
 from nftbench.registry import PluginConfig, register_defense
 from nftbench.train import OptimConfig, train
@@ -85,9 +99,15 @@ class PMPConfig(PluginConfig):
     quota: Literal["global", "per_tensor"] = Field(
         "global", description="global: one top-k over all parameters (the script); per_tensor: "
         "rho of every tensor")
+    # By module type, the same on every architecture: every lookup table (tokens, and learned
+    # positions: GPT-2's wpe, OPT's embed_positions) plus the output head (tied: the token
+    # table itself), and every norm layer, weight and bias; what is left is the linear layers.
+    # On Llama these are the tensors the former rule chose by name (embed_tokens, lm_head, *norm).
     exclude: tuple[Literal["embeddings", "norms"], ...] = Field(
-        (), description="tensors kept out of the mask and trained densely (the script "
-        "excludes nothing); rho applies to the rest")
+        (), description="tensors kept out of the mask and trained densely, chosen by module "
+        "type (embeddings: every nn.Embedding, positions included, and the output head; "
+        "norms: every normalization layer); the script excludes nothing; rho applies to the "
+        "rest")
     tau: int = Field(400, ge=1, description="(projected) steps between projections (the "
                      "script's effective value: its command-line default overrides the 200 of "
                      "its dataclass)")
@@ -98,10 +118,26 @@ class PMPConfig(PluginConfig):
 PMPConfigT = TypeVar("PMPConfigT", bound=PMPConfig)
 
 
-def excluded(name: str, param: torch.Tensor, exclude: tuple[str, ...]) -> bool:
-    if "embeddings" in exclude and ("embed_tokens" in name or "lm_head" in name):
-        return True
-    return "norms" in exclude and param.dim() == 1 and "norm" in name
+#: normalization layers: torch's, and any class named like one (Hugging Face's LlamaRMSNorm,
+#: GemmaRMSNorm, ... derive from nn.Module directly)
+NORMS = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm,
+         torch.nn.modules.batchnorm._NormBase)
+NORM_NAME = re.compile(r"(Layer|RMS|Group|Batch)Norm")
+
+
+def exempt(model: PreTrainedModel, exclude: tuple[str, ...]) -> set[str]:
+    """The parameters ``exclude`` keeps out of the mask (see ``PMPConfig.exclude``), by module
+    type, under ``named_parameters``'s names (a tied table once)."""
+    modules: list[torch.nn.Module] = []
+    if "embeddings" in exclude:
+        modules += [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+        modules += [m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                    if m is not None]
+    if "norms" in exclude:
+        modules += [m for m in model.modules()
+                    if isinstance(m, NORMS) or NORM_NAME.search(type(m).__name__)]
+    ids = {id(p) for m in modules for p in m.parameters(recurse=False)}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
 
 
 def select_mask(scores: dict[str, torch.Tensor], cfg: PMPConfig, skip: set[str],
@@ -120,16 +156,21 @@ def select_mask(scores: dict[str, torch.Tensor], cfg: PMPConfig, skip: set[str],
 
 def random_rows(model: torch.nn.Module, rho: float, gen: torch.Generator) -> Mask:
     """frozen_un.py's mask: in every linear layer, ``max(1, int(out * (1 - rho)))`` output rows
-    drawn at random are frozen; every other parameter trains."""
+    drawn at random are frozen; every other parameter trains. A linear layer is found by type:
+    nn.Linear (rows are outputs) or GPT-2's Conv1D (columns are). A tied output head is a
+    linear layer over the token table, so that table loses rows (tokens) too, as the script
+    (which walks nn.Linear modules) would do on a tied model."""
     freeze = round(1 - rho, 9)  # (1 - 0.7 is 0.30000000000000004)
-    linear = {f"{name}.weight": module.out_features for name, module in model.named_modules()
-              if isinstance(module, torch.nn.Linear)}
+    out_dim = {id(m.weight): 1 if isinstance(m, Conv1D) else 0 for m in model.modules()
+               if isinstance(m, torch.nn.Linear | Conv1D)}
     mask = {}
-    for name, p in model.named_parameters():
+    for name, p in model.named_parameters():  # a tied table once
         keep = torch.ones(p.shape, dtype=torch.bool)
-        if name in linear and freeze > 0:
-            rows = torch.randperm(linear[name], generator=gen)[:max(1, int(linear[name] * freeze))]
-            keep[rows] = False
+        dim = out_dim.get(id(p))
+        if dim is not None and freeze > 0:
+            n = p.shape[dim]
+            rows = torch.randperm(n, generator=gen)[:max(1, int(n * freeze))]
+            keep.index_fill_(dim, rows, False)
         mask[name] = keep
     return mask
 
@@ -144,7 +185,7 @@ class PMP(Defense[PMPConfigT]):
         cfg, pre = self.config, ctx.pretrain
         model = ctx.init_model(pre.seed)  # theta_0 of the dense base too
         params = dict(model.named_parameters())
-        skip = {n for n, p in params.items() if excluded(n, p, cfg.exclude)}
+        skip = exempt(model, cfg.exclude)
         stats: dict = {"config": cfg.model_dump(mode="json")}
 
         gen = torch.Generator().manual_seed(pre.seed)
@@ -176,7 +217,7 @@ class PMP(Defense[PMPConfigT]):
                        compute=ctx.compute, desc="pmp stage II", progress=ctx.progress)
         if result.diverged:
             raise FloatingPointError(f"PMP stage II diverged at step {result.diverged_at}")
-        stats["stage2"] = {"steps": result.steps, "tokens": result.tokens,
+        stats["stage2"] = {"steps": result.steps, "tokens": result.tokens, "flops": result.flops,
                            "losses": result.losses[:: max(1, len(result.losses) // 200)],
                            "complement_norm": norms}
         stats["trained_fraction"] = {n: float(m.float().mean()) for n, m in mask.items()}
@@ -239,7 +280,8 @@ class PMP(Defense[PMPConfigT]):
                        cfg.eb_max_steps, optim, grad_hook=score, after_step=check,
                        compute=ctx.compute, desc="pmp stage I", progress=ctx.progress)
         return state["mask"], {"lr": lr, "iou": state["iou"], "stopped_at": state["stop"],
-                               "steps": result.steps, "early_bird": state["stop"] is not None}
+                               "steps": result.steps, "tokens": result.tokens,
+                               "flops": result.flops, "early_bird": state["stop"] is not None}
 
 
 class PMPIntentConfig(PMPConfig):
@@ -274,13 +316,15 @@ class TicketHooks:
     """Training restricted to a mask's elements, in place: ``grad_hook`` zeroes the
     complement's gradients after backward, ``after_step`` puts the complement back where it
     must be (undoing weight decay), ``project`` shrinks it onto an L2 ball. Holds one masked
-    copy of the weights, made once; nothing is copied per step."""
+    copy of the weights, made once; nothing is copied per step. A tied tensor (input and output
+    embeddings) is held once, so it is masked and restored once, by one mask."""
 
     def __init__(self, model: torch.nn.Module, mask: Mask) -> None:
-        self.params = [p for n, p in model.named_parameters() if n in mask]
-        names = [n for n, _ in model.named_parameters() if n in mask]
-        self.keep = [mask[n].to(p.device, p.dtype) for n, p in zip(names, self.params,
-                                                                    strict=True)]
+        mask = align_mask(mask, model)
+        params = dict(model.named_parameters())
+        self.params = [params[n] for n in mask]
+        self.keep = [mask[n].to(p.device, p.dtype) for n, p in zip(mask, self.params,
+                                                                   strict=True)]
         # the complement's values (zeros on the ticket): theta_0's, or the release's
         self.anchor = [p.detach() * (1 - k) for p, k in zip(self.params, self.keep,
                                                             strict=True)]

@@ -149,6 +149,31 @@ def topk_elements(flat: torch.Tensor, k: int, priority: torch.Tensor | None = No
     return _select({"flat": flat}, k, None if priority is None else {"flat": priority})["flat"]
 
 
+def align_mask(mask: Mask, model: torch.nn.Module, strict: bool = True) -> Mask:
+    """``mask`` keyed as ``model.named_parameters()`` keys it, in its order: a tied tensor (an
+    input embedding table shared with the output head) is one parameter under its first name,
+    and an entry under any of its names applies to it. Entries for two names of one tensor must
+    agree; with ``strict``, a name that is no parameter of the model is an error (otherwise it
+    is dropped), so a mask is never silently left unapplied."""
+    first = {id(p): n for n, p in model.named_parameters()}
+    out: Mask = {}
+    source: dict[str, str] = {}
+    known = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        known.add(name)
+        if name not in mask:
+            continue
+        key = first[id(p)]
+        if key in out and not torch.equal(out[key].bool(), mask[name].bool()):
+            raise ValueError(f"mask: {source[key]} and {name} name one tied tensor but hold "
+                             "different masks")
+        out[key], source[key] = mask[name], name
+    unknown = sorted(mask.keys() - known)
+    if unknown and strict:
+        raise ValueError(f"mask: {unknown[:5]} name no parameter of the model")
+    return {n: out[n] for n in first.values() if n in out}
+
+
 def mask_iou(a: Mask, b: Mask) -> float:
     """Intersection over union of two masks over the parameters they share."""
     inter = union = 0
@@ -184,7 +209,11 @@ def attack_diagnostics(mask: Mask, outcome: AttackOutcome) -> dict[str, float]:
     A defense with a private mask returns this from ``Defense.attack_diagnostics``."""
     out: dict[str, float] = {}
     if "mask" in outcome.guesses:
-        out["mask_iou"] = mask_iou(outcome.guesses["mask"], mask)
+        guess = outcome.guesses["mask"]
+        # a tied table under any of its names (not on peft, whose names carry its prefix)
+        if outcome.model is not None and not hasattr(outcome.model, "get_base_model"):
+            guess = align_mask(guess, outcome.model, strict=False)
+        out["mask_iou"] = mask_iou(guess, mask)
     if outcome.model is not None:
         share = update_share(weight_update(outcome.model, outcome.release), mask)
         if share is not None:

@@ -213,12 +213,12 @@ def load_release(path: str | Path, spec: ModelSpec) -> tuple[PreTrainedModel,
 
 @torch.no_grad()
 def weight_update(trained: torch.nn.Module, release_dir: str | Path) -> dict[str, torch.Tensor]:
-    """What fine-tuning changed, per released weight name: ``trained - released`` for a fully
-    fine-tuned model; for a peft LoRA/QLoRA model, each adapter's delta ``B @ A * scale`` on
-    the weight it adapts (its frozen base, 4-bit or not, did not move)."""
+    """What fine-tuning changed, by the model's parameter names (``named_parameters``: a tied
+    table once, as a mask keys it): ``trained - released`` for a fully fine-tuned model; for a
+    peft LoRA/QLoRA model, each adapter's delta ``B @ A * scale`` on the weight it adapts (its
+    frozen base, 4-bit or not, did not move)."""
     from peft import PeftModel
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     if isinstance(trained, PeftModel):
         shapes = {}
@@ -237,8 +237,11 @@ def weight_update(trained: torch.nn.Module, release_dir: str | Path) -> dict[str
                     delta = delta.T  # a Conv1D (GPT-2) 4-bit-quantized as a Linear: [out, in]
                 out[weight] = delta
         return out
-    released: dict[str, torch.Tensor] = {}
-    for file in sorted(Path(release_dir).glob("*.safetensors")):
-        released |= load_file(str(file))
-    return {n: p.detach().float().cpu() - released[n].float()
+    # The release read as the model reads it: the file's names can differ from the model's
+    # (GPT-NeoX saves lm_head as embed_out; a tied table is saved under one of its names),
+    # and reading the file by the model's names silently dropped such a tensor's update.
+    dtype = next(trained.parameters()).dtype
+    released = dict(type(trained).from_pretrained(release_dir, dtype=dtype,
+                                                  use_safetensors=True).named_parameters())
+    return {n: p.detach().float().cpu() - released[n].detach().float()
             for n, p in trained.named_parameters() if n in released}

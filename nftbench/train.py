@@ -10,8 +10,9 @@ matmul parameter, the backward pass through activations another 2 for every matm
 (frozen or not, because gradients must flow through frozen layers to reach trainable ones), and
 the weight gradients 2 more for each *trainable* matmul parameter:
 ``flops = tokens * (4 * N_matmul + 2 * N_trainable_matmul)``; full fine-tuning gives the usual
-``6 * N * tokens``. Input-embedding lookups are not matmuls and are excluded from N. These are the
-model's FLOPs, the same whatever the machine does: gradient accumulation splits the same tokens
+``6 * N * tokens``. Embedding lookups (tokens, learned positions) are not matmuls and are
+excluded from N; a tied output head is a matmul over the token table and counts, once. These are
+the model's FLOPs, the same whatever the machine does: gradient accumulation splits the same tokens
 into micro-batches, and gradient checkpointing's second forward pass through each block is
 counted apart (``recompute_flops``: ``2 * N_checkpointed_matmul`` per token), so hardware FLOPs
 are ``flops + recompute_flops``.
@@ -106,9 +107,12 @@ def _numel(p: torch.nn.Parameter) -> int:
 
 
 def count_matmul_params(model: torch.nn.Module) -> tuple[int, int]:
-    """(all, trainable) parameter counts, excluding the input embedding table."""
+    """(all, trainable) parameter counts, excluding lookup tables: the input embeddings and
+    every other nn.Embedding (GPT-2's and OPT's learned positions). A tied output head counts,
+    once: it is a matmul over the table."""
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    skip = {id(p) for p in embed.parameters()} if embed is not None else set()
+    lookups = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    skip = {id(p) for m in [*lookups, embed] if m is not None for p in m.parameters()}
     out = getattr(model, "get_output_embeddings", lambda: None)()
     if out is not None:  # a tied lm_head *is* a matmul even though it shares the table
         skip -= {id(p) for p in out.parameters()}
