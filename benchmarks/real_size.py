@@ -108,14 +108,14 @@ def estimates(s: dict[str, int]) -> dict[str, float]:
     pre_act = activations(s, 4 * 64, 4 * 64)  # pre-training: 4 x 64 tokens, labelled everywhere
     ft_act = activations(s, 8 * 24, 8 * 2)  # fine-tuning: 8 short examples, answers only
     eval_logits = 2 * 4 * 8 * 24 * s["vocab"]  # lm-eval: a batch of 8 x ~24 tokens, + softmax
-    bits = s["params"] / 8  # one bit-packed mask
     quant = s["linear"] / 2 + 4 * s["embed"]  # 4-bit linear layers; the table stays fp32
     return {
         # weights + grads + AdamW's two states + activations
         "pretrain": 4 * w + pre_act,
         "defend none": w,  # load and save
-        # training 4W + theta_0 + Stage I's scores and tie-break draw + one top-k pass + masks
-        "defend pmp": 4 * w + w + 2 * w + w + 2 * bits + pre_act,
+        # Stage I: training 4W + theta_0 + the batch's scores + the tie-break draw + this and
+        # the last step's masks (a byte an element in memory; bit-packed on disk)
+        "defend pmp": 4 * w + 3 * w + 2 * s["params"] + pre_act,
         # weights + 2 Adam (FTS, NTR: 4W) + the functional copy, its Adam state (2W) and grads,
         # the meta-gradient accumulated in .grad
         "defend sophon": w + 4 * w + 3 * w + w + w + activations(s, 8 * 24, 8 * 24),
