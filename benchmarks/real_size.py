@@ -173,7 +173,8 @@ def main() -> None:
         start = stage.get("start_mem_mb") or 0.0
         rows.append({
             "stage": name + (f" ({where.split(' / ')[0]})" if where else ""),
-            "status": stage["status"], "wall_s": round(stage["wall_s"], 1),
+            "status": stage["status"],
+            "wall_s": round(stage["computed_wall_s"] or stage["wall_s"], 1),
             "s_per_step": round(per_step, 1) if per_step else None,
             "start_GB": round(start * MB / GB, 2),
             "peak_GB": round(stage["peak_mem_mb"] * MB / GB, 2) if stage.get("peak_mem_mb")

@@ -67,8 +67,10 @@ class StageLog:
     dispatch_s: float | None = None  # driver's submit-to-result time minus the worker's time
     threads: int | None = None  # torch threads the stage ran with
     wait_policy: dict[str, Any] | None = None  # the worker's OpenMP wait policy and runtime
-    peak_mem_mb: float | None = None  # the stage's peak (CUDA allocated, or resident on Linux)
-    start_mem_mb: float | None = None  # resident memory when it started (the process's own)
+    # when it was computed (kept in the store): its peak memory (CUDA allocated, or resident on
+    # Linux) and the resident memory it started with (the process's own)
+    peak_mem_mb: float | None = None
+    start_mem_mb: float | None = None
 
 
 @dataclass

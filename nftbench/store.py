@@ -29,7 +29,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -167,8 +167,10 @@ class Store:
             os.close(fd)
 
     @contextmanager
-    def write(self, kind: str, key: str, payload: dict[str, Any]) -> Iterator[Path]:
-        """Yield a temporary folder; on normal exit it becomes the entry ``kind/key``."""
+    def write(self, kind: str, key: str, payload: dict[str, Any],
+              measure: Callable[[], dict[str, Any]] | None = None) -> Iterator[Path]:
+        """Yield a temporary folder; on normal exit it becomes the entry ``kind/key``, its
+        meta holding what ``measure()`` then returns (e.g. the stage's peak memory)."""
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
@@ -180,6 +182,7 @@ class Store:
             meta = {"kind": kind, "key": key, "payload": payload, "files": files,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "wall_s": round(time.time() - start, 3)}
+            meta |= measure() if measure is not None else {}
             (tmp / ENTRY_FILE).write_text(json.dumps(meta, indent=1, default=str))
             if final.exists():  # a stale or corrupt entry under the same key
                 shutil.rmtree(final)

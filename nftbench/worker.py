@@ -187,21 +187,27 @@ class StageWorker:
             start_mem = resident_memory_mb()
             start = time.perf_counter()
             build = getattr(self, f"build_{job.kind}")
-            with store.write(job.kind, job.key, job.payload) as tmp:
+            peak = {"peak_mem_mb": None, "start_mem_mb": start_mem}
+
+            def measure() -> dict[str, Any]:  # kept in the entry's meta
+                peak["peak_mem_mb"] = round(peak_memory_mb(device), 1)
+                return peak
+
+            with store.write(job.kind, job.key, job.payload, measure=measure) as tmp:
                 build(job, tmp)
             self.checkpoint(job).clear()  # the entry is written: its checkpoint is spent
             wall = time.perf_counter() - start
-            peak = peak_memory_mb(device)
-        log.info("%-8s %-40s done in %.1fs (peak %.0f MB)", job.kind, job.label, wall, peak)
+        log.info("%-8s %-40s done in %.1fs (peak %.0f MB)", job.kind, job.label, wall,
+                 peak["peak_mem_mb"])
         return StageLog(job.kind, job.label, job.key, cached=False, wall_s=wall,
-                        computed_wall_s=wall, worker=self.whoami, peak_mem_mb=peak,
-                        start_mem_mb=start_mem)
+                        computed_wall_s=wall, worker=self.whoami, **peak)
 
     def _cached(self, job: Job) -> StageLog:
         log.info("%-8s %-40s cached  (%s)", job.kind, job.label, job.key[:10])
+        meta = self.store.meta(job.kind, job.key)
         return StageLog(job.kind, job.label, job.key, cached=True, wall_s=0.0,
-                        computed_wall_s=self.store.meta(job.kind, job.key)["wall_s"],
-                        worker=self.whoami)
+                        computed_wall_s=meta["wall_s"], worker=self.whoami,
+                        peak_mem_mb=meta.get("peak_mem_mb"), start_mem_mb=meta.get("start_mem_mb"))
 
     def checkpoint(self, job: Job) -> Checkpoint:
         """The stage's checkpoint in the store (resumed by the next attempt at its key)."""

@@ -180,3 +180,11 @@ def test_a_matrix_runs_with_accumulation_and_checkpointing(tiny_raw: dict[str, A
     assert curves
     for curve in map(json.loads, (c.read_text() for c in curves)):
         assert curve["recompute_flops"] > 0 and curve["flops"] > curve["recompute_flops"]
+    # every computed stage recorded its own peak memory, and a rerun reads it from the store
+    run = Path(tiny_raw["output_dir"])
+    first = json.loads((run / "manifest.json").read_text())["stages"]
+    assert all(s["peak_mem_mb"] > 0 and s["start_mem_mb"] > 0 for s in first)
+    assert main(["run", str(path), "--quiet"]) == 0
+    again = json.loads((run / "manifest.json").read_text())["stages"]
+    assert all(s["cached"] for s in again)
+    assert [s["peak_mem_mb"] for s in again] == [s["peak_mem_mb"] for s in first]
