@@ -102,27 +102,36 @@ def activations(s: dict[str, int], tokens: int, head_tokens: int) -> float:
 
 
 def estimates(s: dict[str, int]) -> dict[str, float]:
-    """Bytes each stage must hold beyond the process it starts in, by stage (see the README,
-    "Real size on the CPU")."""
+    """Bytes each stage must hold beyond the process it starts in, by stage: the largest of its
+    phases (see the README, "Real size on the CPU")."""
     w = 4 * s["params"]  # fp32 weights (the tied table once)
+    load = 2 * w  # the safetensors file, mapped while it is read, + the weights
     pre_act = activations(s, 4 * 64, 4 * 64)  # pre-training: 4 x 64 tokens, labelled everywhere
     ft_act = activations(s, 8 * 24, 8 * 2)  # fine-tuning: 8 short examples, answers only
     eval_logits = 2 * 4 * 8 * 24 * s["vocab"]  # lm-eval: a batch of 8 x ~24 tokens, + softmax
     quant = s["linear"] / 2 + 4 * s["embed"]  # 4-bit linear layers; the table stays fp32
+    # SOPHON's query: 8 questions x 8 choices, each a full sequence through the head
+    query_act = activations(s, 8 * 8 * 24, 8 * 8 * 24)
     return {
         # weights + grads + AdamW's two states + activations
-        "pretrain": 4 * w + pre_act,
-        "defend none": w,  # load and save
+        "pretrain": max(load, 4 * w + pre_act),
+        "defend none": load + w,  # + safetensors' serialization buffer when saving
         # Stage I: training 4W + theta_0 + the batch's scores + the tie-break draw + this and
         # the last step's masks (a byte an element in memory; bit-packed on disk)
         "defend pmp": 4 * w + 3 * w + 2 * s["params"] + pre_act,
         # weights + 2 Adam (FTS, NTR: 4W) + the functional copy, its Adam state (2W) and grads,
         # the meta-gradient accumulated in .grad
-        "defend sophon": w + 4 * w + 3 * w + w + w + activations(s, 8 * 24, 8 * 24),
-        "scratch": w,
-        "attack full_ft": 4 * w + ft_act + eval_logits,
-        "attack lora": w + ft_act + eval_logits,
-        "attack qlora": quant + ft_act + eval_logits,
+        "defend sophon": w + 4 * w + 3 * w + w + w + query_act,
+        "scratch": 2 * w,  # initialise, and save
+        "attack full_ft": max(load, 4 * w + ft_act + eval_logits),
+        "attack lora": max(load, w + ft_act + eval_logits),
+        "attack qlora": w + quant,  # loading: the file mapped while it is quantized
+        # the owner's full fine-tune: + the ticket's float mask and complement anchor, + mask
+        "attack owner full_ft": max(load, 6 * w + s["params"] + ft_act + eval_logits),
+        # PMP's diagnostics after an attack: the mask (a byte an element), and for a full
+        # fine-tune the released weights to subtract (deltas streamed one tensor at a time)
+        "pmp diagnostics": s["params"],
+        "pmp diagnostics full_ft": s["params"] + w,
     }
 
 
@@ -171,15 +180,20 @@ def main() -> None:
                 steps = log.get("steps", len(log.get("losses", [])))
                 per_step = log["wall_s"] / steps if steps else None
         start = stage.get("start_mem_mb") or 0.0
+        release = where.split(" / ")[0]
+        estimate = est[name]
+        if release == "pmp":  # the ticket's diagnostics run in the cell after the attack
+            estimate += est["pmp diagnostics full_ft" if name.endswith("full_ft")
+                            else "pmp diagnostics"]
         rows.append({
-            "stage": name + (f" ({where.split(' / ')[0]})" if where else ""),
+            "stage": name + (f" ({release})" if where else ""),
             "status": stage["status"],
             "wall_s": round(stage["computed_wall_s"] or stage["wall_s"], 1),
             "s_per_step": round(per_step, 1) if per_step else None,
             "start_GB": round(start * MB / GB, 2),
             "peak_GB": round(stage["peak_mem_mb"] * MB / GB, 2) if stage.get("peak_mem_mb")
             else None,
-            "estimate_GB": round(start * MB / GB + est[name] / GB, 2),
+            "estimate_GB": round(start * MB / GB + estimate / GB, 2),
         })
     table = pd.DataFrame(rows)
     table["peak/estimate"] = (table.peak_GB / table.estimate_GB).round(2)

@@ -10,6 +10,7 @@ stage's ``private/`` folder, and only the defense reads it after an attack
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from nftbench.models import weight_update
+from nftbench.models import weight_updates
 
 if TYPE_CHECKING:
     from nftbench.api import AttackOutcome
@@ -189,11 +190,13 @@ def mask_fraction(mask: Mask) -> float:
     return sum(int(m.sum()) for m in mask.values()) / total if total else 0.0
 
 
-def update_share(update: dict[str, torch.Tensor], mask: Mask) -> float | None:
+def update_share(update: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+                 mask: Mask) -> float | None:
     """Share of an update's squared L2 norm that falls on the mask's elements (1 - it falls on
-    the complement). An update spread evenly over all elements scores the mask's fraction."""
+    the complement). An update spread evenly over all elements scores the mask's fraction.
+    ``update``: a dict, or (name, delta) pairs consumed one at a time."""
     on = total = 0.0
-    for name, delta in update.items():
+    for name, delta in update.items() if isinstance(update, Mapping) else update:
         if name not in mask:
             continue
         d2 = delta.detach().float().cpu().pow(2)
@@ -215,7 +218,7 @@ def attack_diagnostics(mask: Mask, outcome: AttackOutcome) -> dict[str, float]:
             guess = align_mask(guess, outcome.model, strict=False)
         out["mask_iou"] = mask_iou(guess, mask)
     if outcome.model is not None:
-        share = update_share(weight_update(outcome.model, outcome.release), mask)
+        share = update_share(weight_updates(outcome.model, outcome.release), mask)
         if share is not None:
             out |= {"update_share_ticket": share, "ticket_fraction": mask_fraction(mask)}
     return out

@@ -7,7 +7,7 @@ A *release* is a directory that plain ``AutoModelForCausalLM.from_pretrained`` a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -211,12 +211,19 @@ def load_release(path: str | Path, spec: ModelSpec) -> tuple[PreTrainedModel,
     return model.to(spec.torch_device()), tokenizer
 
 
-@torch.no_grad()
 def weight_update(trained: torch.nn.Module, release_dir: str | Path) -> dict[str, torch.Tensor]:
+    """:func:`weight_updates` as a dict (every delta in memory at once: a model's size)."""
+    return dict(weight_updates(trained, release_dir))
+
+
+@torch.no_grad()
+def weight_updates(trained: torch.nn.Module, release_dir: str | Path
+                   ) -> Iterator[tuple[str, torch.Tensor]]:
     """What fine-tuning changed, by the model's parameter names (``named_parameters``: a tied
     table once, as a mask keys it): ``trained - released`` for a fully fine-tuned model; for a
     peft LoRA/QLoRA model, each adapter's delta ``B @ A * scale`` on the weight it adapts (its
-    frozen base, 4-bit or not, did not move)."""
+    frozen base, 4-bit or not, did not move). One (name, delta) at a time, so a consumer that
+    reduces them (:func:`nftbench.masks.update_share`) never holds more than one."""
     from peft import PeftModel
     from safetensors import safe_open
 
@@ -226,7 +233,6 @@ def weight_update(trained: torch.nn.Module, release_dir: str | Path) -> dict[str
             with safe_open(str(file), "pt") as f:
                 shapes |= {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
         prefix = "base_model.model."
-        out = {}
         for name, module in trained.named_modules():
             adapters = getattr(module, "lora_A", None)
             if adapters is not None and "default" in adapters:
@@ -235,13 +241,14 @@ def weight_update(trained: torch.nn.Module, release_dir: str | Path) -> dict[str
                 if weight in shapes and delta.shape != shapes[weight] and \
                         delta.T.shape == shapes[weight]:
                     delta = delta.T  # a Conv1D (GPT-2) 4-bit-quantized as a Linear: [out, in]
-                out[weight] = delta
-        return out
+                yield weight, delta
+        return
     # The release read as the model reads it: the file's names can differ from the model's
     # (GPT-NeoX saves lm_head as embed_out; a tied table is saved under one of its names),
     # and reading the file by the model's names silently dropped such a tensor's update.
     dtype = next(trained.parameters()).dtype
     released = dict(type(trained).from_pretrained(release_dir, dtype=dtype,
                                                   use_safetensors=True).named_parameters())
-    return {n: p.detach().float().cpu() - released[n].detach().float()
-            for n, p in trained.named_parameters() if n in released}
+    for n, p in trained.named_parameters():
+        if n in released:
+            yield n, p.detach().float().cpu() - released[n].detach().float()

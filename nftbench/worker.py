@@ -8,8 +8,10 @@ builds it into a temporary folder and lets the store make it visible atomically.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
+import gc
 import json
 import logging
 import os
@@ -21,7 +23,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,8 @@ class StageWorker:
         result.started, result.finished = started, time.time()
         result.threads = torch.get_num_threads()
         result.wait_policy = self.wait_policy
+        if not result.cached:
+            return_memory(self.cfg.model.torch_device())
         return result
 
     def _run(self, job: Job) -> StageLog:
@@ -306,6 +310,17 @@ class StageWorker:
             "recompute_flops": result.recompute_flops,
             "eval_s": result.eval_s,
             "points": [asdict(p) for p in result.points]})
+
+
+def return_memory(device: torch.device) -> None:
+    """Give a finished stage's memory back, so the next stage starts from the process's own.
+    glibc keeps freed blocks under its (self-raising) mmap threshold in its heap: after a model
+    of 0.5B parameters, 15 GB stayed resident between stages until ``malloc_trim``."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    with suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class StageTimeout(Exception):
