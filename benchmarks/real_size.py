@@ -125,7 +125,9 @@ def estimates(s: dict[str, int]) -> dict[str, float]:
         "scratch": 2 * w,  # initialise, and save
         "attack full_ft": max(load, 4 * w + ft_act + eval_logits),
         "attack lora": max(load, w + ft_act + eval_logits),
-        "attack qlora": w + quant,  # loading: the file mapped while it is quantized
+        # loading: the file mapped while it is quantized; training: bitsandbytes' CPU path
+        # keeps every layer's dequantized fp32 weight for the backward pass (measured)
+        "attack qlora": max(w + quant, quant + 4 * s["linear"] + ft_act + eval_logits),
         # the owner's full fine-tune: + the ticket's float mask and complement anchor, + mask
         "attack owner full_ft": max(load, 6 * w + s["params"] + ft_act + eval_logits),
         # PMP's diagnostics after an attack: the mask (a byte an element), and for a full
