@@ -116,7 +116,8 @@ class StageWorker:
             self._evaluator = Evaluator({t.label: t.plugin for t in self.matrix.tasks},
                                         self.data.eval_examples(),
                                         RunFolder(self.cfg.run_dir).lm_eval_tasks,
-                                        self.cfg.eval.batch_size)
+                                        self.cfg.eval.batch_size,
+                                        include_path=self.cfg.eval.include_path)
         return self._evaluator
 
     def tokenizer(self, job_id: str | None) -> Any:

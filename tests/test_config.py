@@ -73,6 +73,13 @@ def test_missing_data_file_is_a_config_error(tiny_raw: dict[str, Any], tmp_path:
     assert "data_files.train: file not found" in msg and "missing.jsonl" in msg
 
 
+def test_missing_include_path_folder_is_a_config_error(tiny_raw: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    tiny_raw["eval"]["include_path"] = [str(tmp_path), str(tmp_path / "my_tasks")]
+    msg = errors_of(tiny_raw)
+    assert "eval.include_path" in msg and f"folder(s) not found: {tmp_path / 'my_tasks'}" in msg
+
+
 def test_list_expands_into_named_variants(tiny_raw: dict[str, Any]) -> None:
     tiny_raw["adversaries"][0]["params"].update(lr=[1e-4, 1e-3], optimizer=["sgd", "adam"])
     labels = [a.label for a in resolve(tiny_raw).adversaries]
