@@ -6,7 +6,8 @@ For every task it writes the eval split as JSONL and an lm-eval task YAML into o
             --include_path RUN_DIR/lm_eval_tasks --tasks nft_qa_city
 
 reproduces the score nftbench reports (add ``--include_path`` for each of the config's
-``eval.include_path``, the user's own lm-eval task folders). Task objects are built once per
+``eval.include_path``, the user's own lm-eval task folders, and ``--apply_chat_template`` for a
+model prompted in chat format, ``model.prompt_format: chat``). Task objects are built once per
 run; each evaluation wraps the in-memory model in lm-eval's ``HFLM`` (no save/reload) and calls
 ``lm_eval.evaluator.evaluate``.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from nftbench.models import require_chat_template
 from nftbench.store import write_text_atomic
 from nftbench.task import Task, lm_eval_yaml
 
@@ -119,11 +121,12 @@ def _task_objects(task_dict: dict[Any, Any]) -> Iterator[Any]:
 
 class Evaluator:
     """Scores in-memory models on a fixed set of tasks through lm-eval. ``include_path``: the
-    user's lm-eval task folders, searched for the tasks named by ``lm_eval_task``."""
+    user's lm-eval task folders, searched for the tasks named by ``lm_eval_task``; ``chat``:
+    prompts go through the tokenizer's chat template (lm-eval's ``apply_chat_template``)."""
 
     def __init__(self, tasks: dict[str, Task], eval_examples: dict[str, list[dict[str, Any]]],
                  folder: Path, batch_size: int = 64,
-                 include_path: Sequence[str | Path] = ()) -> None:
+                 include_path: Sequence[str | Path] = (), chat: bool = False) -> None:
         from lm_eval.tasks import TaskManager, get_task_dict
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -136,6 +139,7 @@ class Evaluator:
             manager = TaskManager(include_path=paths, include_defaults=True)
         self.tasks = dict(tasks)
         self.batch_size = batch_size
+        self.chat = chat
         # Built once, reused for every evaluation of every model in the run.
         self._task_dicts = {label: get_task_dict([lm_eval_name(label, t)], manager)
                             for label, t in tasks.items()}
@@ -147,6 +151,8 @@ class Evaluator:
         from lm_eval.evaluator import evaluate
         from lm_eval.models.huggingface import HFLM
 
+        if self.chat:
+            require_chat_template(tokenizer)
         scores = Scores()
         # lm-eval draws a progress bar per request batch and warns that it got a model object;
         # both would bury nftbench's own per-cell bars, so its stderr is kept for errors only.
@@ -160,7 +166,9 @@ class Evaluator:
                 # shots (unseeded, each evaluation drew others at random).
                 for task_obj in _task_objects(self._task_dicts[name]):
                     task_obj.set_fewshot_seed(seed=FEWSHOT_SEED)
-                out = evaluate(lm, self._task_dicts[name], bootstrap_iters=0, log_samples=True)
+                # with a chat template, shots as turns: lm-eval's command line's default
+                out = evaluate(lm, self._task_dicts[name], bootstrap_iters=0, log_samples=True,
+                               apply_chat_template=self.chat, fewshot_as_multiturn=self.chat)
                 lm_name, key = lm_eval_name(name, task), metric_key(task)
                 scores[name] = float(out["results"][lm_name][key])
                 items = item_outcomes(out.get("samples", {}).get(lm_name, []), key)

@@ -9,7 +9,9 @@ and overrides :meth:`TemplateTask.records`.
 Text format, shared by fine-tuning and lm-eval so that both see the same strings:
 ``prompt + " " + answer + "\\n"``. lm-eval's ``generate_until`` gets ``prompt`` as context and
 stops at ``until``; ``multiple_choice`` scores ``" " + choice`` after ``prompt`` by
-log-likelihood (lm-eval's default target delimiter is one space).
+log-likelihood (lm-eval's default target delimiter is one space). A model prompted in chat
+format (``model.prompt_format: chat``) sees both through its chat template instead
+(:func:`nftbench.data.chat_text`).
 """
 
 from __future__ import annotations
