@@ -108,6 +108,18 @@ class EvalConfig(BaseModel):
     budget_points: int | list[int] = Field(
         5, description="points per attack curve: a count, evenly spaced from step 0 to the "
         "adversary's last step, or an explicit list of steps")
+    include_path: list[str] = Field(
+        default_factory=list, description="folders of your own lm-eval task YAMLs (as "
+        "`lm_eval --include_path`), where a task's lm_eval_task is looked up by name; every "
+        "file in them enters the keys of the stages that score such a task")
+
+    @field_validator("include_path")
+    @classmethod
+    def _folders_exist(cls, v: list[str]) -> list[str]:
+        missing = [p for p in v if not Path(p).expanduser().is_dir()]
+        if missing:
+            raise ValueError(f"folder(s) not found: {', '.join(missing)}")
+        return v
 
     @field_validator("budget_points")
     @classmethod
@@ -236,8 +248,10 @@ class MatrixData:
                     errors.append(f"tasks ({task.label}), {split} split: {err}")
         return cls(world, examples), errors
 
-    def fingerprints(self, tasks: list[Variant]) -> dict[str, str]:
-        return {t.label: t.plugin.fingerprint_of(self.examples[t.label]) for t in tasks}
+    def fingerprints(self, tasks: list[Variant], include: str | None = None) -> dict[str, str]:
+        """Each task's fingerprint; ``include`` is that of the user's lm-eval task folders
+        (:func:`nftbench.evaluation.include_fingerprint`), None without any."""
+        return {t.label: t.plugin.fingerprint_of(self.examples[t.label], include) for t in tasks}
 
     def eval_examples(self) -> dict[str, list[dict[str, Any]]]:
         """Each task's eval split, what lm-eval scores (empty for an lm-eval task by name)."""

@@ -2,6 +2,11 @@
 
 Both yield batches forever, in an order fixed by a seed, as dicts that a Hugging Face causal
 LM takes directly (``input_ids``, ``attention_mask``, ``labels``; label -100 is ignored).
+
+A task example is encoded as lm-eval scores it: as plain text, or, where the harness handed it
+over in chat format (``model.prompt_format: chat``; :func:`in_prompt_format` marks it), as the
+tokenizer's chat template renders it, so every plugin that encodes examples fine-tunes the
+model on the sequences it is scored on.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from nftbench.models import require_chat_template
 from nftbench.task import training_text
 
 IGNORE = -100
@@ -45,15 +51,52 @@ def corpus_batches(blocks: torch.Tensor, batch_size: int, seed: int) -> Iterator
             yield {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x}
 
 
+def in_prompt_format(examples: list[dict[str, Any]], prompt_format: str
+                     ) -> list[dict[str, Any]]:
+    """``examples`` as the harness hands them to plugins: in chat format each carries
+    ``prompt_format: chat``, which :func:`encode_examples` renders with the chat template;
+    plain examples are returned as they are."""
+    if prompt_format == "plain":
+        return examples
+    return [{**ex, "prompt_format": prompt_format} for ex in examples]
+
+
+def chat_text(example: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+    """(prompt, completion) of an example in chat format. The prompt is what lm-eval's
+    ``apply_chat_template`` renders for a zero-shot document: the prompt as the only user turn,
+    then the generation prompt (the opening of the assistant's turn). The completion is the
+    answer right after it, as lm-eval scores a choice in chat format (no delimiter), then the
+    rest of the assistant's turn as the template renders it (its end-of-turn marker), so the
+    model learns to stop."""
+    require_chat_template(tokenizer)
+    answer = example["answer"]
+    user = [{"role": "user", "content": example["prompt"]}]
+    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    whole = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": answer}],
+                                          tokenize=False)
+    turn = whole[len(prompt):] if whole.startswith(prompt) else ""
+    if answer in turn:  # (a template may put a space before the answer: lm-eval puts none)
+        return prompt, answer + turn[turn.index(answer) + len(answer):]
+    # a template that renders a past assistant turn otherwise than the one it prompts for
+    return prompt, answer + (tokenizer.eos_token or "")
+
+
 def encode_examples(examples: list[dict[str, Any]],
                     tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per example; the loss falls on the completion only. The prompt is
     encoded with the tokenizer's own special tokens (a BOS where it adds one), as lm-eval
-    encodes it when it scores, so a model is tuned on the sequences it is scored on."""
+    encodes it when it scores, so a model is tuned on the sequences it is scored on; a chat
+    prompt that the template already opens with the BOS gets no second one (lm-eval's rule)."""
     out = []
     for ex in examples:
-        prompt, completion = training_text(ex)
-        p = tokenizer(prompt)["input_ids"]
+        if ex.get("prompt_format") == "chat":
+            prompt, completion = chat_text(ex, tokenizer)
+            bos = tokenizer.bos_token
+            p = tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos))
+                          )["input_ids"]
+        else:
+            prompt, completion = training_text(ex)
+            p = tokenizer(prompt)["input_ids"]
         c = tokenizer(completion, add_special_tokens=False)["input_ids"]
         out.append((p + c, [IGNORE] * len(p) + c))
     return out

@@ -32,7 +32,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from nftbench.config import Matrix
-from nftbench.evaluation import write_lm_eval_tasks
+from nftbench.evaluation import include_fingerprint, write_lm_eval_tasks
 from nftbench.executors import (
     Executor,
     PoolExecutor,
@@ -75,7 +75,8 @@ class Runner:
         self.plugin_dirs = tuple(str(p) for p in plugin_dirs)
         self.data = matrix.resolved_data()  # read once, here or by resolve()
         self.world = self.data.world
-        self.task_fp = self.data.fingerprints(matrix.tasks)
+        self.include_fp = include_fingerprint(self.cfg.eval.include_path)
+        self.task_fp = self.data.fingerprints(matrix.tasks, self.include_fp)
         self.plan = build_plan(matrix, self.world, self.task_fp)
         self.stages: list[StageLog] = []
 
@@ -87,6 +88,8 @@ class Runner:
         config = self.cfg.model_dump(mode="json") | {
             "output_dir": str(self.run_dir.resolve()),
             "store_dir": str(self.store.root.resolve())}
+        config["eval"]["include_path"] = [str(Path(p).expanduser().resolve())
+                                          for p in self.cfg.eval.include_path]
         plugin_dirs = tuple(str(Path(d).resolve()) for d in self.plugin_dirs)
         threads = self.cfg.threads
         spec = WorkerSpec(config, plugin_dirs, progress=False, threads=threads,
@@ -164,9 +167,11 @@ class Runner:
         self.folder.write_results(results)
         self.folder.link_releases(self.releases(logs))
         corpus = next(j.payload["corpus"] for j in self.plan if j.kind == "pretrain")
+        data = {"world": self.world.fingerprint, "corpus": corpus, "tasks": self.task_fp}
+        if self.include_fp is not None:
+            data["lm_eval_include_path"] = self.include_fp
         self.folder.write_manifest(build_manifest(
-            m, outcome, data={"world": self.world.fingerprint, "corpus": corpus,
-                              "tasks": self.task_fp},
+            m, outcome, data=data,
             execution={"executor": self.executor_name, "workers": self.workers,
                        "address": self.address}))
         return outcome

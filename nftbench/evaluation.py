@@ -5,23 +5,28 @@ For every task it writes the eval split as JSONL and an lm-eval task YAML into o
     lm_eval --model hf --model_args pretrained=RELEASE_DIR \\
             --include_path RUN_DIR/lm_eval_tasks --tasks nft_qa_city
 
-reproduces the score nftbench reports. Task objects are built once per run; each evaluation
-wraps the in-memory model in lm-eval's ``HFLM`` (no save/reload) and calls
+reproduces the score nftbench reports (add ``--include_path`` for each of the config's
+``eval.include_path``, the user's own lm-eval task folders, and ``--apply_chat_template`` for a
+model prompted in chat format, ``model.prompt_format: chat``). Task objects are built once per
+run; each evaluation wraps the in-memory model in lm-eval's ``HFLM`` (no save/reload) and calls
 ``lm_eval.evaluator.evaluate``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from nftbench.models import require_chat_template
 from nftbench.store import write_text_atomic
 from nftbench.task import Task, lm_eval_yaml
 
@@ -29,6 +34,9 @@ LM_EVAL_PREFIX = "nft_"
 #: what an evaluation stage stores; enters the key of every stage that stores scores, so a
 #: change of format recomputes them instead of mixing formats (2: per-item outcomes kept)
 EVAL_FORMAT = 2
+#: the few-shot sampler's seed of lm-eval's command line and simple_evaluate
+#: (lm_eval.defaults.DEFAULT_OTHER_SEED)
+FEWSHOT_SEED = 1234
 
 
 class Scores(dict[str, float]):
@@ -84,19 +92,54 @@ def write_lm_eval_tasks(tasks: dict[str, Task], eval_examples: dict[str, list[di
     return folder
 
 
+def include_fingerprint(folders: Sequence[str | Path]) -> str | None:
+    """Content hash of the user's lm-eval task folders: every file's path (relative to its
+    folder) and bytes, YAML, data and Python helpers alike (what lm-eval reads of them);
+    caches and hidden files excluded. None for no folder."""
+    if not folders:
+        return None
+    digest = hashlib.sha256()
+    for i, folder in enumerate(folders):
+        root = Path(folder).expanduser()
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            rel = path.relative_to(root)
+            if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+                continue
+            digest.update(f"{i}/{rel.as_posix()}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def _task_objects(task_dict: dict[Any, Any]) -> Iterator[Any]:
+    """The lm-eval Task objects of a (possibly nested, for groups) task dict."""
+    for value in task_dict.values():
+        if isinstance(value, dict):
+            yield from _task_objects(value)
+        elif hasattr(value, "set_fewshot_seed"):
+            yield value
+
+
 class Evaluator:
-    """Scores in-memory models on a fixed set of tasks through lm-eval."""
+    """Scores in-memory models on a fixed set of tasks through lm-eval. ``include_path``: the
+    user's lm-eval task folders, searched for the tasks named by ``lm_eval_task``; ``chat``:
+    prompts go through the tokenizer's chat template (lm-eval's ``apply_chat_template``)."""
 
     def __init__(self, tasks: dict[str, Task], eval_examples: dict[str, list[dict[str, Any]]],
-                 folder: Path, batch_size: int = 64) -> None:
+                 folder: Path, batch_size: int = 64,
+                 include_path: Sequence[str | Path] = (), chat: bool = False) -> None:
         from lm_eval.tasks import TaskManager, get_task_dict
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         write_lm_eval_tasks(tasks, eval_examples, folder)
-        uses_builtin = any(t.config.lm_eval_task for t in tasks.values())
-        manager = TaskManager(include_path=str(folder), include_defaults=uses_builtin)
+        # nftbench's folder last: lm-eval lets a later folder's task override an earlier one's
+        paths = [str(Path(p).expanduser().resolve()) for p in include_path] + [str(folder)]
+        named = {t.config.lm_eval_task for t in tasks.values() if t.config.lm_eval_task}
+        manager = TaskManager(include_path=paths, include_defaults=False)
+        if not named <= set(manager.all_tasks):  # lm-eval's own tasks too (indexing: ~6 s)
+            manager = TaskManager(include_path=paths, include_defaults=True)
         self.tasks = dict(tasks)
         self.batch_size = batch_size
+        self.chat = chat
         # Built once, reused for every evaluation of every model in the run.
         self._task_dicts = {label: get_task_dict([lm_eval_name(label, t)], manager)
                             for label, t in tasks.items()}
@@ -108,6 +151,8 @@ class Evaluator:
         from lm_eval.evaluator import evaluate
         from lm_eval.models.huggingface import HFLM
 
+        if self.chat:
+            require_chat_template(tokenizer)
         scores = Scores()
         # lm-eval draws a progress bar per request batch and warns that it got a model object;
         # both would bury nftbench's own per-cell bars, so its stderr is kept for errors only.
@@ -115,7 +160,15 @@ class Evaluator:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
             for name in names or list(self.tasks):
                 task = self.tasks[name]
-                out = evaluate(lm, self._task_dicts[name], bootstrap_iters=0, log_samples=True)
+                # A few-shot task draws its shots with a generator that lm-eval's command
+                # line seeds before it evaluates; these task objects serve every evaluation of
+                # the run, so it is seeded before each: every model sees the command line's
+                # shots (unseeded, each evaluation drew others at random).
+                for task_obj in _task_objects(self._task_dicts[name]):
+                    task_obj.set_fewshot_seed(seed=FEWSHOT_SEED)
+                # with a chat template, shots as turns: lm-eval's command line's default
+                out = evaluate(lm, self._task_dicts[name], bootstrap_iters=0, log_samples=True,
+                               apply_chat_template=self.chat, fewshot_as_multiturn=self.chat)
                 lm_name, key = lm_eval_name(name, task), metric_key(task)
                 scores[name] = float(out["results"][lm_name][key])
                 items = item_outcomes(out.get("samples", {}).get(lm_name, []), key)

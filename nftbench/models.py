@@ -7,8 +7,10 @@ A *release* is a directory that plain ``AutoModelForCausalLM.from_pretrained`` a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -63,12 +65,35 @@ class ModelSpec(BaseModel):
                        description="weights dtype for training and evaluation")
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0'")
     trust_remote_code: bool = Field(False, description="run a hub model's own code (off: safer)")
+    prompt_format: Literal["plain", "chat"] = Field(
+        "plain", description="how the model is prompted. plain: the task's text as is (a base "
+        "model); chat: the tokenizer's chat template makes each prompt a user turn and its "
+        "answer the assistant turn, in fine-tuning and in lm-eval's scoring "
+        "(--apply_chat_template): an instruction-tuned model. Enters the keys of the stages "
+        "that fine-tune or score on tasks, not pre-training's")
 
     @model_validator(mode="after")
     def _local_path_exists(self) -> ModelSpec:
         p = self.name_or_path
         if p != TINY and p.startswith((".", "/", "~")) and not Path(p).expanduser().exists():
             raise ValueError(f"name_or_path: local model folder not found: {p}")
+        return self
+
+    @model_validator(mode="after")
+    def _chat_needs_a_template(self) -> ModelSpec:
+        # A hub model's tokenizer is not read here (no download at validation): each stage
+        # that renders a chat checks it (require_chat_template).
+        if self.prompt_format != "chat":
+            return self
+        if self.is_tiny:
+            raise ValueError("prompt_format: 'chat' needs a tokenizer with a chat template; "
+                             "the embedded model's has none (chat is for an instruction-tuned "
+                             "hub or local model)")
+        folder = Path(self.name_or_path).expanduser()
+        if folder.is_dir() and not has_chat_template(folder):
+            raise ValueError(f"prompt_format: 'chat' needs a tokenizer with a chat template; "
+                             f"{self.name_or_path} has none (no chat_template.jinja, and no "
+                             "chat_template in tokenizer_config.json)")
         return self
 
     @property
@@ -82,6 +107,24 @@ class ModelSpec(BaseModel):
 
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
+
+
+def has_chat_template(folder: Path) -> bool:
+    """Whether the tokenizer saved in ``folder`` has a chat template (read from its files)."""
+    if (folder / "chat_template.jinja").exists() or (folder / "chat_template.json").exists() \
+            or any((folder / "additional_chat_templates").glob("*.jinja")):
+        return True
+    config = folder / "tokenizer_config.json"
+    return config.exists() and bool(json.loads(config.read_text()).get("chat_template"))
+
+
+def require_chat_template(tokenizer: Any) -> None:
+    """Raise a clear error where ``prompt_format: chat`` meets a tokenizer without a chat
+    template (a hub model's, which the config could not read)."""
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or "this model"
+        raise ValueError(f"model.prompt_format is 'chat' but the tokenizer of {name} has no "
+                         "chat template (a base model?); use prompt_format: plain")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:

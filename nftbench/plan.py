@@ -44,7 +44,10 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
     """Every stage of ``matrix`` in an order that respects its dependencies."""
     cfg = matrix.config
     spec = cfg.model
-    spec_payload = spec.model_dump(mode="json", exclude={"device"})
+    # The prompt format changes no pre-training: it enters only the stages that fine-tune or
+    # score on tasks, and only where it is not plain (whose keys were published without it).
+    spec_payload = spec.model_dump(mode="json", exclude={"device", "prompt_format"})
+    chat = {"prompt_format": spec.prompt_format} if spec.prompt_format != "plain" else {}
     threads = cfg.threads  # enters every key of a stage that computes with torch
     # how training stages run (bf16, micro-batches, ...): only where set, so defaults move no key
     compute = {"compute": cfg.compute.key_payload()} if cfg.compute.key_payload() else {}
@@ -83,6 +86,7 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
             if d.plugin.uses_restricted_data:  # it may also read capability scores (a guard)
                 payload["restricted"] = {k: task_fp[k] for k in restricted}
                 payload["capability"] = {k: task_fp[k] for k in capability}
+                payload |= chat
             releases[d.label, b] = _job(
                 "defend", f"{d.label} / {base_label(b)}", payload, deps=(base.id, *tok_deps),
                 args={"defense": d.label, "base": base.id, "base_seed": b, "tokenizer": tok_id})
@@ -99,7 +103,7 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
         for label, b, release in targets:
             payload = {"release": release.key, "tasks": {n: task_fp[n] for n in capability},
                        "task_params": {t.label: t.params for t in matrix.capability_tasks},
-                       "eval_format": EVAL_FORMAT, "threads": threads}
+                       "eval_format": EVAL_FORMAT, "threads": threads, **chat}
             where = label if b is None else f"{label} / {base_label(b)}"
             jobs.append(_job("utility", where, payload, deps=(release.id,),
                              args={"release": release.id, "release_label": label, "base": b}))
@@ -119,7 +123,7 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
                    "task": task.label, "task_params": task.params, "data": task_fp[task.label],
                    "seed": seed, "budget_points": points,
                    "capability_after": {c: task_fp[c] for c in capability},
-                   "eval_format": EVAL_FORMAT, "threads": threads, **compute}
+                   "eval_format": EVAL_FORMAT, "threads": threads, **compute, **chat}
         if owner:
             payload["authorized"] = True
         who = "owner " if owner else ""

@@ -27,7 +27,7 @@ import torch
 from scipy import stats
 from torch.func import functional_call, grad, vjp
 
-from nftbench.data import encode_examples, pad_id, pad_rows
+from nftbench.data import encode_examples, in_prompt_format, pad_id, pad_rows
 
 Params = dict[str, torch.Tensor]
 
@@ -142,8 +142,9 @@ def measure(matrix: Any, tasks: list[str], *, iters: int = 50, tol: float = 1e-3
         folder = runner.store.path(job.kind, job.key) / "release"
         for task in tasks:
             model, tokenizer = load_release(folder, matrix.config.model)
-            s = release_sharpness(model, tokenizer, runner.data.examples[task]["train"],
-                                  iters=iters, tol=tol)
+            examples = in_prompt_format(runner.data.examples[task]["train"],
+                                        matrix.config.model.prompt_format)
+            s = release_sharpness(model, tokenizer, examples, iters=iters, tol=tol)
             rows.append({"defense": job.args["defense"], "base": job.args["base_seed"],
                          "task": task, "eigenvalue": s.eigenvalue, "iterations": s.iterations,
                          "converged": s.converged})

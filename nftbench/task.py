@@ -9,7 +9,9 @@ and overrides :meth:`TemplateTask.records`.
 Text format, shared by fine-tuning and lm-eval so that both see the same strings:
 ``prompt + " " + answer + "\\n"``. lm-eval's ``generate_until`` gets ``prompt`` as context and
 stops at ``until``; ``multiple_choice`` scores ``" " + choice`` after ``prompt`` by
-log-likelihood (lm-eval's default target delimiter is one space).
+log-likelihood (lm-eval's default target delimiter is one space). A model prompted in chat
+format (``model.prompt_format: chat``) sees both through its chat template instead
+(:func:`nftbench.data.chat_text`).
 """
 
 from __future__ import annotations
@@ -139,10 +141,17 @@ class Task(Plugin[TaskConfig]):
         every cache key that depends on this task."""
         return self.fingerprint_of({split: self.examples(split, world) for split in self.splits})
 
-    def fingerprint_of(self, examples: dict[str, list[dict[str, Any]]]) -> str:
-        """:meth:`fingerprint` of examples already read (split -> examples)."""
+    def fingerprint_of(self, examples: dict[str, list[dict[str, Any]]],
+                       include: str | None = None) -> str:
+        """:meth:`fingerprint` of examples already read (split -> examples). ``include``: the
+        fingerprint of the user's lm-eval task folders, where the lm-eval task named by
+        ``lm_eval_task`` may be defined (None: there are none)."""
         data = [examples[split] for split in self.splits]
-        payload = json.dumps([data, self.config.lm_eval_task], sort_keys=True)
+        parts: list[Any] = [data, self.config.lm_eval_task]
+        if include is not None and self.config.lm_eval_task:
+            # appended only when there are folders, so every key without them stays as it was
+            parts.append(include)
+        payload = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

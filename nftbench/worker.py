@@ -34,7 +34,7 @@ import nftbench
 from nftbench.api import AttackContext, AttackOutcome, DefenseContext, Release
 from nftbench.checkpoint import Checkpoint
 from nftbench.config import Matrix, MatrixData, resolve
-from nftbench.data import corpus_batches, pack_corpus
+from nftbench.data import corpus_batches, in_prompt_format, pack_corpus
 from nftbench.evaluation import Evaluator
 from nftbench.models import (
     init_model,
@@ -118,8 +118,14 @@ class StageWorker:
             self._evaluator = Evaluator({t.label: t.plugin for t in self.matrix.tasks},
                                         self.data.eval_examples(),
                                         RunFolder(self.cfg.run_dir).lm_eval_tasks,
-                                        self.cfg.eval.batch_size)
+                                        self.cfg.eval.batch_size,
+                                        include_path=self.cfg.eval.include_path,
+                                        chat=self.cfg.model.prompt_format == "chat")
         return self._evaluator
+
+    def train_examples(self, label: str) -> list[dict[str, Any]]:
+        """A task's train split in the model's prompt format (what plugins fine-tune on)."""
+        return in_prompt_format(self.task_data[label]["train"], self.cfg.model.prompt_format)
 
     def tokenizer(self, job_id: str | None) -> Any:
         if self._tokenizer is None:
@@ -244,7 +250,7 @@ class StageWorker:
         # Task data and scorers only for a defense whose key covers them (uses_restricted_data
         # puts the tasks' fingerprints in it): no defense can read what its key does not name.
         reads_tasks = variant.plugin.uses_restricted_data
-        restricted = {t.label: self.task_data[t.label]["train"]
+        restricted = {t.label: self.train_examples(t.label)
                       for t in self.matrix.restricted_tasks} if reads_tasks else {}
         ctx = DefenseContext(spec=self.cfg.model, tokenizer=tokenizer,
                              corpus=self.corpus(tokenizer),
@@ -297,7 +303,7 @@ class StageWorker:
                 progress=self.progress, authorization=owner, compute=self.cfg.compute,
                 desc=f"{who}{adversary.label}/{task}/s{a['seed']}")
             torch.manual_seed(a["seed"])
-            result = adversary.plugin.attack(release, self.task_data[task]["train"], ctx)
+            result = adversary.plugin.attack(release, self.train_examples(task), ctx)
             diagnostics = dict(ctx.diagnostics)
             if defense is not None:  # what only the defense's private artifacts can measure
                 diagnostics |= defense.plugin.attack_diagnostics(private, AttackOutcome(

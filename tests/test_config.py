@@ -73,6 +73,31 @@ def test_missing_data_file_is_a_config_error(tiny_raw: dict[str, Any], tmp_path:
     assert "data_files.train: file not found" in msg and "missing.jsonl" in msg
 
 
+def test_missing_include_path_folder_is_a_config_error(tiny_raw: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    tiny_raw["eval"]["include_path"] = [str(tmp_path), str(tmp_path / "my_tasks")]
+    msg = errors_of(tiny_raw)
+    assert "eval.include_path" in msg and f"folder(s) not found: {tmp_path / 'my_tasks'}" in msg
+
+
+def test_chat_format_needs_a_tokenizer_with_a_chat_template(tiny_raw: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    from nftbench.models import train_tokenizer
+    from nftbench.world import World, WorldConfig
+
+    tiny_raw["model"]["prompt_format"] = "chat"
+    assert "model = {...}: prompt_format: 'chat' needs a tokenizer with a chat template; the " \
+        "embedded model's has none" in errors_of(tiny_raw)
+    tok = train_tokenizer(World(WorldConfig(n_entities=8, n_documents=50)).documents(), 300)
+    tok.save_pretrained(tmp_path / "base")
+    tiny_raw["model"] = {"name_or_path": str(tmp_path / "base"), "prompt_format": "chat"}
+    assert f"{tmp_path / 'base'} has none" in errors_of(tiny_raw)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok.save_pretrained(tmp_path / "instruct")
+    tiny_raw["model"]["name_or_path"] = str(tmp_path / "instruct")
+    assert resolve(tiny_raw).config.model.prompt_format == "chat"
+
+
 def test_list_expands_into_named_variants(tiny_raw: dict[str, Any]) -> None:
     tiny_raw["adversaries"][0]["params"].update(lr=[1e-4, 1e-3], optimizer=["sgd", "adam"])
     labels = [a.label for a in resolve(tiny_raw).adversaries]
