@@ -1,8 +1,9 @@
 """Model FLOPs utilization of the training loop: achieved training FLOP/s against the device's
 measured matmul peak, side by side in one run.
 
-The peak is the best of several large square matmuls (fp32 on the CPU at the configured thread
-count; bf16 on a GPU). A training step's FLOPs are the loop's own accounting (``6 N`` per token
+The peak is the best of several large square matmuls at the configured thread count, in fp32
+and in bf16 (2048^3 on a CPU, 8192^3 on a GPU); a row is measured against the peak of its own
+precision. A training step's FLOPs are the loop's own accounting (``6 N`` per token
 for full training, N the matmul parameters, output head included; attention's score and value
 products are left out, as in the usual MFU). Variants show where the rest goes: the optimizer
 (forward and backward alone), the thread count, ``torch.compile`` and bf16 autocast.
@@ -78,13 +79,15 @@ def batches(vocab: int, batch: int, seq: int, device: torch.device
 
 
 def measure(model: torch.nn.Module, shape: tuple[int, int], steps: int, warmup: int,
-            compute: ComputeConfig, optimizer: bool, device: torch.device) -> dict[str, float]:
+            compute: ComputeConfig, optimizer: bool | str, device: torch.device
+            ) -> dict[str, float]:
     """Tokens/s and FLOP/s of ``steps`` training steps after ``warmup`` (compilation)."""
     vocab = model.get_input_embeddings().num_embeddings
     data = batches(vocab, *shape, device)
     n_all, _ = count_matmul_params(model)
-    if optimizer:  # the loop itself, optimizer step included
-        optim = OptimConfig(optimizer="adamw", lr=1e-4)
+    if optimizer:  # the loop itself, optimizer step included ("fused": torch's fused AdamW)
+        optim = OptimConfig(optimizer="adamw", lr=1e-4,
+                            options={"fused": True} if optimizer == "fused" else {})
         train(model, data, warmup, optim, compute=compute, progress=False)
         sync(device)
         r = train(model, data, steps, optim, compute=compute, progress=False)
@@ -115,17 +118,21 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.threads)
     gpu = device.type == "cuda"
-    peak_dtype = torch.bfloat16 if gpu else torch.float32
-    peak = matmul_peak(device, peak_dtype, n=8192 if gpu else 2048)
-    # (model, label, batch x seq, threads, compute, optimizer step)
+    size = 8192 if gpu else 2048
+    # a row is measured against the peak of the precision its matmuls run in
+    peaks = {"fp32": matmul_peak(device, torch.float32, n=size),
+             "bf16": matmul_peak(device, torch.bfloat16, n=size)}
+    # (batch x seq, threads, compute, optimizer step: True, False or "fused", label)
     plans = {
         "tiny": [((32, 64), 1, ComputeConfig(), True, "loop, 1 thread"),
                  ((32, 64), args.threads, ComputeConfig(), True, f"loop, {args.threads} threads"),
                  ((32, 64), args.threads, ComputeConfig(), False, "forward+backward only"),
+                 ((32, 64), args.threads, ComputeConfig(), "fused", "loop, fused AdamW"),
                  ((32, 64), args.threads, ComputeConfig(compile=True), True, "loop, compiled"),
                  ((32, 64), args.threads, ComputeConfig(precision="bf16"), True, "loop, bf16")],
         "0.5b": [((8, 128), args.threads, ComputeConfig(), True, "loop"),
                  ((8, 128), args.threads, ComputeConfig(), False, "forward+backward only"),
+                 ((8, 128), args.threads, ComputeConfig(), "fused", "loop, fused AdamW"),
                  ((8, 128), args.threads, ComputeConfig(compile=True), True, "loop, compiled"),
                  ((8, 128), args.threads, ComputeConfig(precision="bf16"), True, "loop, bf16")],
     }
@@ -140,15 +147,18 @@ def main() -> None:
             model = build(name, device)
             m = measure(model, shape, steps, warmup, compute, optimizer, device)
             torch.set_num_threads(args.threads)
+            peak = peaks[compute.precision]
             rows.append({"model": name, "variant": label, "batch": f"{shape[0]}x{shape[1]}",
-                         "tokens/s": round(m["tokens_per_s"]),
+                         "precision": compute.precision,
+                         "tokens/s": round(m["tokens_per_s"], 1),
                          "GFLOP/s": round(m["flops_per_s"] / 1e9, 1),
                          "MFU": round(m["flops_per_s"] / peak, 3)})
             print(rows[-1], flush=True)
             del model
     table = pd.DataFrame(rows)
     where = torch.cuda.get_device_name() if gpu else f"CPU, {args.threads} threads"
-    print(f"\nmatmul peak ({where}, {peak_dtype}): {peak / 1e9:.0f} GFLOP/s")
+    print(f"\nmatmul peak ({where}, {size}^3): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
     print(table.to_string(index=False))
     if args.out:
         table.to_csv(args.out, index=False)

@@ -115,7 +115,7 @@ def estimates(s: dict[str, int]) -> dict[str, float]:
     return {
         # weights + grads + AdamW's two states + activations
         "pretrain": max(load, 4 * w + pre_act),
-        "defend none": load + w,  # + safetensors' serialization buffer when saving
+        "defend none": load,  # load the base, save it (saving measured no extra copy)
         # Stage I: training 4W + theta_0 + the batch's scores + the tie-break draw + this and
         # the last step's masks (a byte an element in memory; bit-packed on disk)
         "defend pmp": 4 * w + 3 * w + 2 * s["params"] + pre_act,
