@@ -124,13 +124,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from nftbench.report import ReportConfig, write_report
+    from nftbench.report import ReportConfig, RunConflict, write_combined_report, write_report
 
     cfg = ReportConfig(level=args.level, threshold=args.threshold, epsilon=args.epsilon,
                        x_axis=args.x)
+    if len(args.run_dir) > 1 and args.out is None:
+        print("nftbench: a report of several runs needs -o OUT (where to write it)",
+              file=sys.stderr)
+        return EXIT_CONFIG
     try:
-        paths = write_report(args.run_dir, cfg)
-    except FileNotFoundError as err:
+        if args.out is None:
+            paths = write_report(args.run_dir[0], cfg)
+        else:
+            paths = write_combined_report(args.run_dir, args.out, cfg)
+    except (FileNotFoundError, RunConflict) as err:
         print(f"nftbench: {err}", file=sys.stderr)
         return EXIT_CONFIG
     for path in paths:
@@ -229,8 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered plugins and their config fields")
     lst.add_argument("--kind", choices=list(REGISTRIES), help="only this kind")
     lst.add_argument("--brief", action="store_true", help="names only")
-    rep = sub.add_parser("report", help="write leaderboards and figures for a run folder")
-    rep.add_argument("run_dir", help="a run folder (holds results.parquet)")
+    rep = sub.add_parser("report", help="write leaderboards and figures for a run folder, or "
+                         "one report of several runs (-o OUT)")
+    rep.add_argument("run_dir", nargs="+", help="run folders (each holds results.parquet)")
+    rep.add_argument("-o", "--out", default=None, metavar="OUT",
+                     help="write the report here (needed for several runs; default: "
+                     "RUN_DIR/report)")
     rep.add_argument("--x", choices=["step", "tokens", "flops"], default="step",
                      help="x-axis of the learning curves")
     rep.add_argument("--level", type=float, default=0.95, help="confidence level")

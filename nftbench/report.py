@@ -11,6 +11,7 @@ and the attacker-effort curve of sweep adversaries. Every number comes from
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -599,17 +600,107 @@ def plot_effort(results: pd.DataFrame, folder: Path) -> list[Path]:
     return save_figure(fig, folder, "effort")
 
 
+class RunConflict(ValueError):
+    """Runs that cannot share one report: a row name means a different stage in each."""
+
+
+def _identity(kind: str, release: Any, base: Any, *rest: Any) -> tuple[Any, ...]:
+    base = None if base is None or pd.isna(base) else int(base)
+    return (kind, str(release), base, *rest)
+
+
+def stage_identities(plan: dict[str, Any]) -> dict[tuple[Any, ...], str]:
+    """What a run's result rows are named by -> the key of the stage that made them: an attack
+    cell (release, base, adversary, task, seed, owner) or a release's utility stage."""
+    out: dict[tuple[Any, ...], str] = {}
+    for job in plan["jobs"]:
+        if job["kind"] == "attack" and job.get("cell"):
+            c = job["cell"]
+            out[_identity("attack", c["release"], c["base"], c["adversary"], c["task"],
+                          int(c["seed"]), bool(c["authorized"]))] = job["key"]
+        elif job["kind"] == "utility":
+            out[_identity("utility", job["args"]["release_label"], job["args"]["base"])] = \
+                job["key"]
+    return out
+
+
+def _row_identities(results: pd.DataFrame) -> list[tuple[Any, ...]]:
+    return [_identity("utility", r.release, r.base) if r.role == "capability" else
+            _identity("attack", r.release, r.base, r.adversary, r.task, int(r.seed),
+                      bool(r.authorized))
+            for r in results.itertuples()]
+
+
+def combine_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The results of several runs as one table, and a manifest whose variants are theirs
+    together. A row name (release, base, adversary, task, seed) that two runs both hold must
+    come from the same stage (the same key: same world, base, defense, attack and task
+    config); then its rows appear once. Otherwise :class:`RunConflict` names it."""
+    frames, owner = [], {}
+    variants: dict[str, dict[str, Any]] = {}
+    for run in map(Path, run_dirs):
+        for name in ("results.parquet", "plan.json"):
+            if not (run / name).exists():
+                raise FileNotFoundError(f"{run / name} not found: is {run} a run folder?")
+        results = pd.read_parquet(run / "results.parquet")
+        idents = stage_identities(json.loads((run / "plan.json").read_text()))
+        for ident, key in idents.items():
+            if ident in owner and owner[ident][0] != key:
+                raise RunConflict(
+                    f"{_describe(ident)} means a different stage in {owner[ident][1]} and in "
+                    f"{run} (keys {owner[ident][0][:10]} and {key[:10]}): the runs differ in "
+                    "what a row of that name measured (world, base, defense, attack or task "
+                    "config), so one report would mix them; rename a variant (label) or report "
+                    "the runs apart")
+        seen_before = {i for i in idents if i in owner}
+        rows = _row_identities(results)
+        frames.append(results[[i not in seen_before for i in rows]])
+        for ident, key in idents.items():
+            owner.setdefault(ident, (key, run))
+        manifest_file = run / "manifest.json"
+        if manifest_file.exists():
+            for kind, table in json.loads(manifest_file.read_text()).get("variants",
+                                                                         {}).items():
+                variants.setdefault(kind, {}).update(table)
+    return pd.concat(frames, ignore_index=True), {"variants": variants}
+
+
+def _describe(ident: tuple[Any, ...]) -> str:
+    kind, release, base, *rest = ident
+    where = release if base is None else f"{release} / base {base}"
+    if kind == "utility":
+        return f"the utility of {where}"
+    adversary, task, seed, owner = rest
+    return f"{'owner ' if owner else ''}{adversary} > {where} / {task} / seed {seed}"
+
+
 def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> list[Path]:
-    """Write every table and figure for the run in ``run_dir``; returns the paths."""
+    """Write every table and figure for the run in ``run_dir`` (into ``run_dir/report``);
+    returns the paths."""
     run_dir = Path(run_dir)
     results_file = run_dir / "results.parquet"
     if not results_file.exists():
         raise FileNotFoundError(f"{results_file} not found: is {run_dir} a run folder?")
-    results = pd.read_parquet(results_file)
     manifest_file = run_dir / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    folder = run_dir / "report"
-    folder.mkdir(exist_ok=True)
+    return report_from(pd.read_parquet(results_file), manifest, run_dir / "report", cfg)
+
+
+def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path,
+                          cfg: ReportConfig = ReportConfig()) -> list[Path]:
+    """One report of several runs (:func:`combine_runs`) in ``out``, with the combined
+    results table beside it (``out/results.csv``)."""
+    results, manifest = combine_runs(run_dirs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out / "results.csv", index=False)
+    return [out / "results.csv", *report_from(results, manifest, out, cfg)]
+
+
+def report_from(results: pd.DataFrame, manifest: dict[str, Any], folder: Path,
+                cfg: ReportConfig = ReportConfig()) -> list[Path]:
+    """Every table and figure of ``results`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
     board = leaderboard(results, cfg)
     worst = worst_case(board, cfg.epsilon)
     paths = write_tables(board, worst, folder, cfg, results)

@@ -152,3 +152,47 @@ def test_owner_rows_stay_out_of_attack_metrics() -> None:
     assert auth["owner final"].startswith("0.80 [") and auth["attacker final"].startswith(
         "0.45 [")
     assert auth["owner RG"].startswith(f"{(0.8 - 0.1) / (0.85 - 0.1):.2f} [")
+
+
+def test_a_report_of_two_runs_is_the_report_of_one_run_holding_both(
+        tiny_raw: dict, tmp_path: Path) -> None:
+    """Papers sweep in separate runs: `nftbench report A B -o OUT` equals the report of the run
+    whose matrix holds both (same store, so the same stages); rows both runs hold (scratch's)
+    appear once; and runs that mean different things by one row name are refused."""
+    import copy
+
+    import yaml
+
+    def run(name: str, defenses: list, **changes: object) -> Path:
+        raw = copy.deepcopy(tiny_raw)
+        raw |= {"name": name, "output_dir": str(tmp_path / name),
+                "store_dir": str(tmp_path / "store"), "defenses": defenses, **changes}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        assert main(["run", str(path), "--quiet"]) == 0
+        return tmp_path / name
+
+    a = run("a", ["none"])
+    b = run("b", [{"name": "filtered", "params": {"attributes": ["city"]}}])
+    both = run("both", ["none", {"name": "filtered", "params": {"attributes": ["city"]}}])
+    out = tmp_path / "combined"
+    assert main(["report", str(a), str(b), "-o", str(out)]) == 0
+
+    def board(folder: Path) -> pd.DataFrame:
+        frame = pd.read_csv(folder / "leaderboard.csv")
+        return frame.sort_values(list(frame.columns[:3])).reset_index(drop=True)
+
+    combined, single = board(out), board(both / "report")
+    assert set(combined.defense) == {"none", "filtered"}
+    pd.testing.assert_frame_equal(combined, single)
+    merged = pd.read_csv(out / "results.csv")
+    whole = pd.read_parquet(both / "results.parquet")
+    assert len(merged) == len(whole)  # scratch's rows, in both runs, counted once
+    assert {p.name for p in (both / "report").iterdir()} <= {p.name for p in out.iterdir()}
+
+    other_world = run("c", ["none"], world={**tiny_raw["world"], "seed": 7})
+    with pytest.raises(Exception, match="means a different stage"):
+        from nftbench.report import combine_runs
+        combine_runs([a, other_world])
+    assert main(["report", str(a), str(other_world), "-o", str(tmp_path / "x")]) == 2
+    assert main(["report", str(a), str(b)]) == 2  # several runs need -o
