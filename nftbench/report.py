@@ -51,6 +51,12 @@ PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
            "#000000", "#8C564B", "#9467BD", "#BCBD22", "#17BECF", "#E377C2"]
 SCRATCH_COLOR = "#555555"
 X_AXES = {"step": "optimizer steps", "tokens": "trained tokens", "flops": "training FLOPs"}
+#: what every report figure is drawn under: TrueType (Type 42) fonts embedded in PDFs (Type 3
+#: fonts are refused by many venues and render badly), and no text under 7 pt
+PRINT_STYLE = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 8, "axes.titlesize": 8,
+               "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+               "legend.fontsize": 7, "figure.titlesize": 9}
+CAPTION_SUFFIX = ".caption.txt"
 
 
 @dataclass(frozen=True)
@@ -358,14 +364,21 @@ def legend_beside(axes: Any) -> None:
                         bbox_to_anchor=(1.02, 1))
 
 
-def save_figure(fig: plt.Figure, folder: Path, name: str) -> list[Path]:
+def save_figure(fig: plt.Figure, folder: Path, name: str, caption: str | None = None,
+                tight: bool = True) -> list[Path]:
     """``folder/name.png`` and ``.pdf``, cropped to what is drawn (legends beside panels
-    included); closes the figure."""
-    fig.tight_layout()
+    included), and ``name.caption.txt`` (what is plotted, over how many bases and seeds, what
+    the band is) for figures.tex and the report page; closes the figure."""
+    if tight:
+        fig.tight_layout()
     out = [folder / f"{name}.png", folder / f"{name}.pdf"]
-    fig.savefig(out[0], dpi=150, bbox_inches="tight")
-    fig.savefig(out[1], bbox_inches="tight")
+    with plt.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
+        fig.savefig(out[0], dpi=150, bbox_inches="tight")
+        fig.savefig(out[1], bbox_inches="tight")
     plt.close(fig)
+    if caption:
+        out.append(folder / f"{name}{CAPTION_SUFFIX}")
+        out[-1].write_text(caption.strip() + "\n")
     return out
 
 
@@ -402,7 +415,12 @@ def plot_curves(results: pd.DataFrame, folder: Path, cfg: ReportConfig) -> list[
         units = f"{t.base.nunique()} bases x {t.seed.nunique()} seeds"
         fig.suptitle(f"{task}: attack learning curves\n(mean and {cfg.level:.0%} CI over "
                      f"bases and seeds; {units})", fontsize=10)
-        paths += save_figure(fig, folder, f"curves_{task}")
+        paths += save_figure(fig, folder, f"curves_{task}", caption=(
+            f"Attack learning curves on {task}: the task score against "
+            f"{X_AXES[cfg.x_axis]}, one panel per adversary, one line per release (scratch "
+            f"dashed: the same architecture from random initialization). Lines are means over "
+            f"{units}; bands are {cfg.level:.0%} confidence intervals of the mean over bases "
+            f"and seeds."))
     return paths
 
 
@@ -455,7 +473,15 @@ def plot_rg_steps(table: pd.DataFrame, results: pd.DataFrame, folder: Path,
                      f"{cfg.level:.0%} CI; up to {_count(n.n_bases, 'base')} x "
                      f"{_count(n.n_seeds, 'seed')}; "
                      "undefined points omitted; 1 = no resistance, 0 = scratch)", fontsize=10)
-        paths += save_figure(fig, folder, f"rg_steps_{task}")
+        paths += save_figure(fig, folder, f"rg_steps_{task}", caption=(
+            f"Resistance horizon on {task}: relative gain to scratch (RG = (defended - "
+            f"scratch) / (undefended - scratch)) against attack steps, one panel per adversary, "
+            f"one line per defense; the dotted line at 0.5 marks where the attacker has "
+            f"recovered half of what pre-training gives. Means over up to "
+            f"{_count(n.n_bases, 'base')} x {_count(n.n_seeds, 'seed')}; bands are "
+            f"{cfg.level:.0%} intervals over bases, seeds and eval items, clipped to [-0.5, "
+            f"1.5]; points where RG is undefined (undefended and scratch too close) are "
+            f"omitted."))
     return paths
 
 
@@ -496,11 +522,12 @@ def plot_heatmap(board: pd.DataFrame, folder: Path) -> list[Path]:
     fig.colorbar(image, ax=axes[0].tolist(), label="relative gain to scratch (RG)", shrink=0.8)
     fig.suptitle("Relative gain to scratch\n(1: no protection, 0: as good as scratch)",
                  fontsize=10, y=1.1)
-    out = [folder / "heatmap_rg.png", folder / "heatmap_rg.pdf"]
-    fig.savefig(out[0], dpi=150, bbox_inches="tight")
-    fig.savefig(out[1], bbox_inches="tight")
-    plt.close(fig)
-    return out
+    bases, seeds = int(board.n_bases.max()), int(board.n_seeds.max())
+    return save_figure(fig, folder, "heatmap_rg", tight=False, caption=(
+        "Relative gain to scratch after the whole attack budget, defense x adversary, one "
+        "panel per restricted task (1: the defense took nothing away; 0: the attacker gained no "
+        f"more than from scratch; n/a: undefined). Means over up to {_count(bases, 'base')} x "
+        f"{_count(seeds, 'seed')}; the leaderboard gives each cell's interval."))
 
 
 def plot_pareto(board: pd.DataFrame, worst: pd.DataFrame, results: pd.DataFrame,
@@ -523,7 +550,12 @@ def plot_pareto(board: pd.DataFrame, worst: pd.DataFrame, results: pd.DataFrame,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title("Utility against resistance (up and right is better)", fontsize=10)
-    return save_figure(fig, folder, "pareto")
+    return save_figure(fig, folder, "pareto", caption=(
+        "Utility against resistance, one point per defense: utility retention (the release's "
+        "capability over that of the undefended base) against 1 - worst-case RG (the "
+        "strongest attack on each task, among attacks that keep capability within epsilon), "
+        f"mean over tasks; up to {_count(int(board.n_bases.max()), 'base')} x "
+        f"{_count(int(board.n_seeds.max()), 'seed')}."))
 
 
 def swept_parameters(manifest: dict[str, Any]) -> dict[str, dict[str, list[tuple[str, Any]]]]:
@@ -542,7 +574,8 @@ def swept_parameters(manifest: dict[str, Any]) -> dict[str, dict[str, list[tuple
     return out
 
 
-def plot_sweeps(board: pd.DataFrame, manifest: dict[str, Any], folder: Path) -> list[Path]:
+def plot_sweeps(board: pd.DataFrame, manifest: dict[str, Any], folder: Path,
+                cfg: ReportConfig = ReportConfig()) -> list[Path]:
     """(d) For each swept numeric defense parameter: RG and utility against its value."""
     paths = []
     for plugin, params in swept_parameters(manifest).items():
@@ -570,7 +603,10 @@ def plot_sweeps(board: pd.DataFrame, manifest: dict[str, Any], folder: Path) -> 
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
             ax.set_title(f"{plugin}: effect of {key}", fontsize=10)
-            paths += save_figure(fig, folder, f"sweep_{plugin}_{key}")
+            paths += save_figure(fig, folder, f"sweep_{plugin}_{key}", caption=(
+                f"Effect of {plugin}'s {key}: relative gain to scratch per adversary and task "
+                f"(error bars: {cfg.level:.0%} intervals over bases, seeds and eval items) and "
+                f"utility retention (dashed), against the parameter's value."))
     return paths
 
 
@@ -597,7 +633,10 @@ def plot_effort(results: pd.DataFrame, folder: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle("Attacker effort (sweep adversaries; mean over seeds)", fontsize=10)
-    return save_figure(fig, folder, "effort")
+    return save_figure(fig, folder, "effort", caption=(
+        "Attacker effort: the score of the best attack found so far by each sweep adversary, "
+        "against the number of trials (left) and the training FLOPs spent on all of them "
+        "(right); means over attack seeds."))
 
 
 class RunConflict(ValueError):
@@ -697,10 +736,172 @@ def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path,
     return [out / "results.csv", *report_from(results, manifest, out, cfg)]
 
 
+def latex_escape(text: str) -> str:
+    """``text`` as LaTeX prose (the ten special characters escaped)."""
+    out = []
+    for ch in text:
+        out.append({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
+                    "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}.get(ch, ch))
+    return "".join(out)
+
+
+def write_figures_tex(folder: Path) -> Path:
+    """``figures.tex``: a ``figure`` environment per figure that has a caption file, its PDF
+    at column width, the caption and a label ``fig:<name>``; ``\\input`` it beside the PDFs
+    (needs graphicx; the tables are in leaderboard.tex, booktabs)."""
+    blocks = ["% nftbench report figures: \\input{figures.tex} from the report folder "
+              "(needs \\usepackage{graphicx})"]
+    for caption_file in sorted(folder.glob(f"*{CAPTION_SUFFIX}")):
+        name = caption_file.name.removesuffix(CAPTION_SUFFIX)
+        if not (folder / f"{name}.pdf").exists():
+            continue
+        blocks.append("\n".join([
+            "\\begin{figure}[t]", "  \\centering",
+            f"  \\includegraphics[width=\\linewidth]{{{name}.pdf}}",
+            f"  \\caption{{{latex_escape(caption_file.read_text().strip())}}}",
+            f"  \\label{{fig:{name.replace('_', '-')}}}", "\\end{figure}"]))
+    path = folder / "figures.tex"
+    path.write_text("\n\n".join(blocks) + "\n")
+    return path
+
+
+def _sort_value(x: Any) -> Any:
+    if isinstance(x, float | int | np.floating | np.integer):
+        return None if np.isnan(float(x)) else float(x)
+    return str(x)
+
+
+def write_index_html(folder: Path, board: pd.DataFrame, worst: pd.DataFrame,
+                     title: str = "nftbench report") -> Path:
+    """``index.html``: one self-contained page (no server, no network): the leaderboard, sortable
+    by any column and filtered by defense, adversary and task; the worst-case table; every
+    figure of the folder inline with its caption. ``#sort=COLUMN&desc=1&defense=NAME`` in the
+    address opens it sorted and filtered."""
+    import base64
+    import html
+
+    shown = display_table(board) if len(board) else pd.DataFrame()
+    numeric = {"utility": board.get("utility_retention"), "final score": board.get(
+        "final_score"), "RG final": board.get("rg"), "RG AUC": board.get("rg_auc"),
+        "Δ vs none": board.get("delta_vs_none"), "steps ratio": board.get("steps_ratio"),
+        "cap. drop": board.get("capability_drop")}
+    rows = []
+    for i in range(len(shown)):
+        cells = [str(v) for v in shown.iloc[i]]
+        keys = [_sort_value(numeric[c].iloc[i]) if numeric.get(c) is not None
+                else _sort_value(shown.iloc[i][c]) for c in shown.columns]
+        rows.append({"cells": cells, "keys": keys})
+    data = {"columns": list(shown.columns), "rows": rows}
+    figures = []
+    for png in sorted(folder.glob("*.png")):
+        caption = folder / f"{png.stem}{CAPTION_SUFFIX}"
+        text = caption.read_text().strip() if caption.exists() else png.stem
+        encoded = base64.b64encode(png.read_bytes()).decode()
+        figures.append(f'<figure id="{html.escape(png.stem)}"><img alt="{html.escape(png.stem)}" '
+                       f'src="data:image/png;base64,{encoded}"><figcaption><b>'
+                       f"{html.escape(png.stem)}</b>: {html.escape(text)}</figcaption></figure>")
+    worst_html = worst.to_html(index=False, float_format=lambda x: f"{x:.2f}",
+                               na_rep="n/a", border=0) if len(worst) else "<p>none</p>"
+    page = HTML_PAGE.format(
+        title=html.escape(title), data=json.dumps(data).replace("</", "<\\/"),
+        worst=worst_html, figures="\n".join(figures))
+    path = folder / "index.html"
+    path.write_text(page)
+    return path
+
+
+HTML_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: left;
+          white-space: nowrap; }}
+th {{ cursor: pointer; background: #f4f4f4; position: sticky; top: 0; }}
+th.sorted::after {{ content: " \\25B2"; }} th.sorted.desc::after {{ content: " \\25BC"; }}
+select {{ margin-right: 1em; }}
+figure {{ margin: 2em 0; max-width: 1100px; }} img {{ max-width: 100%; }}
+figcaption {{ font-size: 13px; color: #444; }}
+</style></head><body>
+<h1>{title}</h1>
+<p>Means with 95% intervals over bases, attack seeds and eval items (see the README, Metrics).
+Click a column to sort; choose a defense, adversary or task to filter.</p>
+<div id="filters"></div>
+<table id="leaderboard"><thead></thead><tbody></tbody></table>
+<h2>Worst case per defense and task</h2>
+{worst}
+<h2>Figures</h2>
+{figures}
+<script type="application/json" id="leaderboard-data">{data}</script>
+<script>
+const data = JSON.parse(document.getElementById("leaderboard-data").textContent);
+const state = {{ sort: null, desc: false, filter: {{}} }};
+const FILTERED = ["defense", "adversary", "task"];
+function readHash() {{
+  const h = new URLSearchParams(location.hash.slice(1));
+  if (h.get("sort")) {{ state.sort = data.columns.indexOf(h.get("sort")); }}
+  state.desc = h.get("desc") === "1";
+  for (const c of FILTERED) {{ if (h.get(c)) state.filter[c] = h.get(c); }}
+}}
+function compare(a, b) {{
+  if (a === null && b === null) return 0;
+  if (a === null) return 1;  // undefined values last, whatever the direction
+  if (b === null) return -1;
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  return String(a).localeCompare(String(b));
+}}
+function render() {{
+  const thead = document.querySelector("#leaderboard thead");
+  const tbody = document.querySelector("#leaderboard tbody");
+  const cls = i => i === state.sort ? "sorted" + (state.desc ? " desc" : "") : "";
+  thead.innerHTML = "<tr>" + data.columns.map((c, i) =>
+    `<th data-i="${{i}}" class="${{cls(i)}}">${{c}}</th>`).join("") + "</tr>";
+  let rows = data.rows.filter(r => FILTERED.every(c => !state.filter[c] ||
+    r.cells[data.columns.indexOf(c)] === state.filter[c]));
+  if (state.sort !== null && state.sort >= 0) {{
+    rows = rows.slice().sort((x, y) => {{
+      const a = x.keys[state.sort], b = y.keys[state.sort];
+      if (a === null || b === null) return compare(a, b);
+      return state.desc ? compare(b, a) : compare(a, b);
+    }});
+  }}
+  tbody.innerHTML = rows.map(r => "<tr>" + r.cells.map(c => `<td>${{c}}</td>`).join("") +
+    "</tr>").join("");
+  thead.querySelectorAll("th").forEach(th => th.onclick = () => {{
+    const i = Number(th.dataset.i);
+    state.desc = state.sort === i ? !state.desc : false;
+    state.sort = i; render();
+  }});
+}}
+function filters() {{
+  const box = document.getElementById("filters");
+  box.innerHTML = FILTERED.map(c => {{
+    const i = data.columns.indexOf(c);
+    const values = [...new Set(data.rows.map(r => r.cells[i]))].sort();
+    const on = v => state.filter[c] === v ? " selected" : "";
+    return `${{c}} <select data-c="${{c}}"><option value="">all</option>` + values.map(v =>
+      `<option${{on(v)}}>${{v}}</option>`).join("") + "</select>";
+  }}).join("");
+  box.querySelectorAll("select").forEach(s => s.onchange = () => {{
+    state.filter[s.dataset.c] = s.value; render();
+  }});
+}}
+readHash(); filters(); render();
+</script></body></html>
+"""
+
+
 def report_from(results: pd.DataFrame, manifest: dict[str, Any], folder: Path,
                 cfg: ReportConfig = ReportConfig()) -> list[Path]:
-    """Every table and figure of ``results`` into ``folder``."""
+    """Every table and figure of ``results`` into ``folder``, figures.tex and index.html."""
     folder.mkdir(parents=True, exist_ok=True)
+    with plt.rc_context(PRINT_STYLE):
+        return _report_from(results, manifest, folder, cfg)
+
+
+def _report_from(results: pd.DataFrame, manifest: dict[str, Any], folder: Path,
+                 cfg: ReportConfig) -> list[Path]:
     board = leaderboard(results, cfg)
     worst = worst_case(board, cfg.epsilon)
     paths = write_tables(board, worst, folder, cfg, results)
@@ -711,6 +912,8 @@ def report_from(results: pd.DataFrame, manifest: dict[str, Any], folder: Path,
         paths += [folder / "rg_by_step.csv", *plot_rg_steps(steps, results, folder, cfg)]
     paths += plot_heatmap(board, folder)
     paths += plot_pareto(board, worst, results, folder)
-    paths += plot_sweeps(board, manifest, folder)
+    paths += plot_sweeps(board, manifest, folder, cfg)
     paths += plot_effort(results, folder)
+    paths.append(write_figures_tex(folder))
+    paths.append(write_index_html(folder, board, worst, f"nftbench report: {folder.parent.name}"))
     return paths

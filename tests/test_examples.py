@@ -55,8 +55,13 @@ def test_a_third_party_optimizer_serves_full_ft_and_sweep(tiny_raw: dict[str, An
     assert type(opt).__name__ == "Lion" and opt.param_groups[0]["betas"] == (0.9, 0.98)
     with pytest.raises(ValidationError, match="options of optimizer 'lion'"):
         OptimConfig(optimizer="lion", options={"beta3": 0.5})
-    with pytest.raises(ValidationError, match="optimizer 'adamw' takes no options"):
+    with pytest.raises(ValidationError, match="optimizer 'sgd' takes no options"):
+        OptimConfig(optimizer="sgd", options={"beta2": 0.5})
+    with pytest.raises(ValidationError, match="options of optimizer 'adamw'"):  # fused only
         OptimConfig(options={"beta2": 0.5})
+    fused = build_optimizer(model.parameters(), OptimConfig(options={"fused": True}))
+    assert fused.defaults["fused"] is True
+    assert not build_optimizer(model.parameters(), OptimConfig()).defaults["fused"]
     assert main(["list", "--brief", "--plugins", str(EXAMPLE_PLUGINS)]) == 0
     assert "  lion (options: beta2)\n" in capsys.readouterr().out
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +121,65 @@ def test_report_writes_every_file(tmp_path: Path) -> None:
     tex = (report / "leaderboard.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex
     assert main(["report", str(tmp_path / "nope")]) == 2
+    check_print_ready(report)
+
+
+def check_print_ready(report: Path) -> None:
+    """Every PDF embeds TrueType (Type 42) fonts and no Type 3 font; every figure has a
+    caption; figures.tex holds one well-formed figure per captioned PDF; index.html carries the
+    leaderboard's rows and every figure inline, and loads nothing from outside."""
+    pdfs = sorted(report.glob("*.pdf"))
+    assert pdfs
+    for pdf in pdfs:
+        raw = pdf.read_bytes()
+        assert b"/Type3" not in raw, pdf.name
+        assert b"/TrueType" in raw or b"/CIDFontType2" in raw, pdf.name
+        caption = report / f"{pdf.stem}.caption.txt"
+        assert len(caption.read_text().split()) > 10, pdf.name
+    tex = (report / "figures.tex").read_text()
+    body = re.sub(r"\\[{}%&$#_]", "", tex)  # escaped specials are not structure
+    assert body.count("{") == body.count("}")
+    assert tex.count(r"\begin{figure}") == tex.count(r"\end{figure}") == len(pdfs)
+    included = re.findall(r"\\includegraphics\[[^]]*\]\{([^}]*)\}", tex)
+    assert sorted(included) == [p.name for p in pdfs]
+    labels = re.findall(r"\\label\{([^}]*)\}", tex)
+    assert len(set(labels)) == len(labels) == len(pdfs)
+    page = (report / "index.html").read_text()
+    data = json.loads(re.search(r'id="leaderboard-data">(.*?)</script>', page, re.S).group(1))
+    board = pd.read_csv(report / "leaderboard.csv")
+    assert len(data["rows"]) == len(board)
+    assert [r["cells"][0] for r in data["rows"]] == board.defense.tolist()
+    assert page.count("data:image/png;base64,") == len(list(report.glob("*.png")))
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # works offline
+
+
+def page_order(report: Path, sort: str, desc: bool) -> list[list[str]]:
+    """The leaderboard's rows as headless Chromium shows them, sorted by ``sort``."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    url = (report / "index.html").resolve().as_uri() + f"#sort={sort}&desc={int(desc)}"
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                          "--dump-dom", url], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    body = re.search(r"<tbody>(.*?)</tbody>", dom, re.S).group(1)
+    return [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="needs headless Chromium (Debian package chromium)")
+def test_the_report_page_sorts_in_a_browser(tmp_path: Path) -> None:
+    table().to_parquet(tmp_path / "results.parquet")
+    assert main(["report", str(tmp_path)]) == 0
+    report = tmp_path / "report"
+    board = pd.read_csv(report / "leaderboard.csv")
+    columns = json.loads(re.search(r'id="leaderboard-data">(.*?)</script>',
+                                   (report / "index.html").read_text(), re.S).group(1))["columns"]
+    rg = columns.index("RG final")
+    for desc in (False, True):
+        rows = page_order(report, "RG final", desc)
+        assert len(rows) == len(board)
+        values = [float(r[rg].split()[0]) for r in rows if not r[rg].startswith("undefined")]
+        assert values == sorted(values, reverse=desc)  # undefined RG last, both ways
+        assert all(r[rg].startswith("undefined") for r in rows[len(values):])
 
 
 def test_report_config_defaults() -> None:
