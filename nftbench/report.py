@@ -50,6 +50,7 @@ from nftbench.records import CAPABILITY_AFTER, NONE, SCRATCH
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
            "#000000", "#8C564B", "#9467BD", "#BCBD22", "#17BECF", "#E377C2"]
 SCRATCH_COLOR = "#555555"
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "d"]
 X_AXES = {"step": "optimizer steps", "tokens": "trained tokens", "flops": "training FLOPs"}
 #: what every report figure is drawn under: TrueType (Type 42) fonts embedded in PDFs (Type 3
 #: fonts are refused by many venues and render badly), and no text under 7 pt
@@ -352,6 +353,23 @@ def _components_table(c: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+PANEL_COLUMNS = 4  # panels per row: a double column (6.75 in) holds four readable panels
+DOUBLE_COLUMN_IN = 6.75
+
+
+def panel_grid(n: int) -> tuple[plt.Figure, list[Any]]:
+    """A figure of ``n`` panels sharing the y axis, at most :data:`PANEL_COLUMNS` a row, sized
+    for a double column (the legend goes beside the last row's panel); unused cells hidden."""
+    cols = min(n, PANEL_COLUMNS)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, sharey=True,
+                             figsize=(min(DOUBLE_COLUMN_IN, 1.9 * cols + 0.6), 1.9 * rows + 0.9))
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
 def legend_beside(axes: Any) -> None:
     """One legend right of the last panel with every labelled line of all of them (so it
     shows even when the last panel has none)."""
@@ -390,9 +408,8 @@ def plot_curves(results: pd.DataFrame, folder: Path, cfg: ReportConfig) -> list[
     palette, paths = colors(results), []
     for task, t in c.groupby("task"):
         adversaries = sorted(t.adversary.unique())
-        fig, axes = plt.subplots(1, len(adversaries), figsize=(4.2 * len(adversaries), 3.4),
-                                 squeeze=False, sharey=True)
-        for ax, adversary in zip(axes[0], adversaries, strict=True):
+        fig, panels = panel_grid(len(adversaries))
+        for ax, adversary in zip(panels, adversaries, strict=True):
             for release in releases_in_order(t):
                 g = t[(t.adversary == adversary) & (t.release == release)]
                 if g.empty:
@@ -410,8 +427,9 @@ def plot_curves(results: pd.DataFrame, folder: Path, cfg: ReportConfig) -> list[
             ax.set_xlabel(X_AXES[cfg.x_axis])
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel(f"{task} score")
-        axes[0][-1].legend(fontsize=8, loc="best")
+        for ax in panels[::PANEL_COLUMNS]:
+            ax.set_ylabel(f"{task} score")
+        legend_beside(panels)  # beside the panels, never over a curve
         units = f"{t.base.nunique()} bases x {t.seed.nunique()} seeds"
         fig.suptitle(f"{task}: attack learning curves\n(mean and {cfg.level:.0%} CI over "
                      f"bases and seeds; {units})", fontsize=10)
@@ -448,9 +466,8 @@ def plot_rg_steps(table: pd.DataFrame, results: pd.DataFrame, folder: Path,
     palette, paths = colors(results), []
     for task, t in table.groupby("task"):
         adversaries = sorted(t.adversary.unique())
-        fig, axes = plt.subplots(1, len(adversaries), figsize=(4.2 * len(adversaries), 3.4),
-                                 squeeze=False, sharey=True)
-        for ax, adversary in zip(axes[0], adversaries, strict=True):
+        fig, panels = panel_grid(len(adversaries))
+        for ax, adversary in zip(panels, adversaries, strict=True):
             for defense in [r for r in releases_in_order(results) if r in set(t.defense)]:
                 g = t[(t.adversary == adversary) & (t.defense == defense)].dropna(subset=["rg"])
                 if g.empty:
@@ -466,13 +483,13 @@ def plot_rg_steps(table: pd.DataFrame, results: pd.DataFrame, folder: Path,
             ax.set_xlabel("attack steps")
             ax.set_ylim(-0.5, 1.5)
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel(f"RG on {task}")
-        legend_beside(axes[0])
+        for ax in panels[::PANEL_COLUMNS]:
+            ax.set_ylabel(f"RG on {task}")
+        legend_beside(panels)
         n = t[["n_bases", "n_seeds"]].max()
-        fig.suptitle(f"{task}: relative gain to scratch along the attack\n(mean and "
-                     f"{cfg.level:.0%} CI; up to {_count(n.n_bases, 'base')} x "
-                     f"{_count(n.n_seeds, 'seed')}; "
-                     "undefined points omitted; 1 = no resistance, 0 = scratch)", fontsize=10)
+        fig.suptitle(f"{task}: relative gain to scratch along the attack\n(mean, "
+                     f"{cfg.level:.0%} CI; {_count(n.n_bases, 'base')} x "
+                     f"{_count(n.n_seeds, 'seed')}; 1: no resistance, 0: scratch)", fontsize=9)
         paths += save_figure(fig, folder, f"rg_steps_{task}", caption=(
             f"Resistance horizon on {task}: relative gain to scratch (RG = (defended - "
             f"scratch) / (undefended - scratch)) against attack steps, one panel per adversary, "
@@ -538,17 +555,18 @@ def plot_pareto(board: pd.DataFrame, worst: pd.DataFrame, results: pd.DataFrame,
     palette = colors(results)
     resist = 1 - worst.groupby("defense").worst_rg.mean()
     util_ = board.groupby("defense").utility_retention.first()
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for defense in resist.index:
+    fig, ax = plt.subplots(figsize=(6.75, 3.6))  # a double column, the legend beside
+    for i, defense in enumerate(resist.index):  # a marker each too: readable in greyscale
         x, y = util_.get(defense, np.nan), resist[defense]
-        ax.scatter(x, y, s=60, color=palette.get(defense, "black"), label=defense,
-                   edgecolor="black", linewidth=0.5)
+        ax.scatter(x, y, s=50, color=palette.get(defense, "black"), label=defense,
+                   marker=MARKERS[i % len(MARKERS)], edgecolor="black", linewidth=0.5,
+                   alpha=0.85)
     ax.set_xlabel("utility retention (capability / that of none)")
     ax.set_ylabel("resistance (1 - worst-case RG, mean over tasks)")
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.axhline(1, color="grey", linewidth=0.8, linestyle=":")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the data, never over it
     ax.set_title("Utility against resistance (up and right is better)", fontsize=10)
     return save_figure(fig, folder, "pareto", caption=(
         "Utility against resistance, one point per defense: utility retention (the release's "
@@ -601,7 +619,7 @@ def plot_sweeps(board: pd.DataFrame, manifest: dict[str, Any], folder: Path,
                                                  if skipped else ""))
             ax.set_ylabel("relative gain to scratch / utility retention")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
+            legend_beside([ax])
             ax.set_title(f"{plugin}: effect of {key}", fontsize=10)
             paths += save_figure(fig, folder, f"sweep_{plugin}_{key}", caption=(
                 f"Effect of {plugin}'s {key}: relative gain to scratch per adversary and task "
@@ -631,7 +649,7 @@ def plot_effort(results: pd.DataFrame, folder: Path) -> list[Path]:
     axes[0].set_ylabel("score of the best attack so far")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    legend_beside(axes)
     fig.suptitle("Attacker effort (sweep adversaries; mean over seeds)", fontsize=10)
     return save_figure(fig, folder, "effort", caption=(
         "Attacker effort: the score of the best attack found so far by each sweep adversary, "

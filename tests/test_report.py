@@ -103,7 +103,41 @@ def test_worst_case_and_epsilon_bound() -> None:
     assert worst.loc[("def[s=1]", "qb"), "worst_adversary"] == ""  # every RG undefined
 
 
-def test_report_writes_every_file(tmp_path: Path) -> None:
+def legend_overlaps(fig) -> list[str]:
+    """Plotted markers that fall inside a legend's box, in display coordinates."""
+    import numpy as np
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    boxes = [leg.get_window_extent(renderer) for leg in legends + list(fig.legends)]
+    hits = []
+    for ax in fig.axes:
+        points = [line.get_xydata() for line in ax.get_lines() if line.get_marker() not in
+                  (None, "None", "", " ")]
+        points += [c.get_offsets() for c in ax.collections if len(c.get_offsets())]
+        for xy in points:
+            xy = np.asarray(xy, dtype=float)
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            if not len(xy):
+                continue
+            for x, y in ax.transData.transform(xy):
+                hits += [f"{ax.get_title()}: ({x:.0f}, {y:.0f})" for box in boxes
+                         if box.contains(x, y)]
+    return hits
+
+
+def test_report_writes_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nftbench import report as report_module
+
+    save = report_module.save_figure
+    overlaps: dict[str, list[str]] = {}
+
+    def checked(fig, folder, name, *args, **kwargs):  # no legend over a plotted marker
+        overlaps[name] = legend_overlaps(fig)
+        return save(fig, folder, name, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "save_figure", checked)
     table().to_parquet(tmp_path / "results.parquet")
     variants = {"none": {"plugin": "none", "params": {}},
                 "def[s=1]": {"plugin": "def", "params": {"s": 1}},
@@ -122,6 +156,8 @@ def test_report_writes_every_file(tmp_path: Path) -> None:
     assert r"\toprule" in tex and r"\bottomrule" in tex
     assert main(["report", str(tmp_path / "nope")]) == 2
     check_print_ready(report)
+    assert {"curves_qa", "pareto", "sweep_def_s", "effort"} <= set(overlaps)
+    assert not any(overlaps.values()), overlaps
 
 
 def check_print_ready(report: Path) -> None:
