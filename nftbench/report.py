@@ -517,34 +517,54 @@ def plot_heatmap(board: pd.DataFrame, folder: Path) -> list[Path]:
     defenses = [d for d in releases_in_order(board.rename(columns={"defense": "release"}))]
     adversaries = sorted(board.adversary.unique())
     label_width = 0.08 * max(len(d) for d in defenses)  # inches for the y tick labels
-    fig, axes = plt.subplots(1, len(tasks), squeeze=False, sharey=True,
-                             figsize=(label_width + 1.5 + 1.1 * len(adversaries) * len(tasks),
-                                      1.6 + 0.5 * len(defenses)))
-    for ax, task in zip(axes[0], tasks, strict=True):
-        grid = board[board.task == task].pivot_table(index="defense", columns="adversary",
-                                                      values="rg").reindex(
-            index=defenses, columns=adversaries)
+    # as many task panels a row as a double column holds at 0.9 in a cell (the interval's room)
+    cols = max(1, min(len(tasks), int((DOUBLE_COLUMN_IN - 1) // (0.9 * len(adversaries)))))
+    rows_n = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows_n, cols, squeeze=False, sharey=True,
+                             figsize=(label_width + 1.2 + 0.9 * len(adversaries) * cols,
+                                      rows_n * (1.1 + 0.5 * len(defenses))))
+    flat = list(axes.flat)
+    for ax in flat[len(tasks):]:
+        ax.set_visible(False)
+    for ax, task in zip(flat, tasks, strict=False):
+        rows = board[board.task == task]
+
+        def table(column: str, rows: pd.DataFrame = rows) -> pd.DataFrame:
+            return rows.pivot_table(index="defense", columns="adversary", values=column,
+                                    dropna=False).reindex(index=defenses, columns=adversaries)
+
+        grid, low, high = table("rg"), table("rg_ci_low"), table("rg_ci_high")
         image = ax.imshow(grid.to_numpy(float), cmap="viridis", vmin=0, vmax=1.2,
                           aspect="auto")
         for i in range(len(defenses)):
             for j in range(len(adversaries)):
-                v = grid.iloc[i, j]
-                ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
-                        fontsize=8, color="white" if not np.isnan(v) and v < 0.7 else "black")
+                v, lo, hi = grid.iloc[i, j], low.iloc[i, j], high.iloc[i, j]
+                color = "white" if not np.isnan(v) and v < 0.7 else "black"
+                ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center",
+                        va="bottom" if not np.isnan(lo) else "center", fontsize=8, color=color)
+                if not (np.isnan(v) or np.isnan(lo)):  # the interval, small, under the value
+                    ax.text(j, i, f"[{lo:.2f}, {hi:.2f}]", ha="center", va="top", fontsize=7,
+                            color=color)
         ax.set_xticks(range(len(adversaries)), adversaries, rotation=30, ha="right",
                       fontsize=8)
         ax.set_yticks(range(len(defenses)), defenses, fontsize=8)
-        ax.tick_params(axis="y", labelleft=ax is axes[0][0])  # labels once, at the left
+        ax.tick_params(axis="y", labelleft=ax in axes[:, 0])  # labels once a row, at the left
         ax.set_title(task, fontsize=9)
-    fig.colorbar(image, ax=axes[0].tolist(), label="relative gain to scratch (RG)", shrink=0.8)
+    for k, ax in enumerate(flat[:len(tasks)]):  # adversary names once a column, at the bottom
+        if k + cols < len(tasks):
+            ax.tick_params(axis="x", labelbottom=False)
+    fig.colorbar(image, ax=flat[:len(tasks)], label="relative gain to scratch (RG)",
+                 shrink=0.8)
+    # two lines of title above the panels' own titles: about 0.35 in, whatever the height
     fig.suptitle("Relative gain to scratch\n(1: no protection, 0: as good as scratch)",
-                 fontsize=10, y=1.1)
+                 fontsize=9, y=1 + 0.35 / fig.get_figheight())
     bases, seeds = int(board.n_bases.max()), int(board.n_seeds.max())
     return save_figure(fig, folder, "heatmap_rg", tight=False, caption=(
         "Relative gain to scratch after the whole attack budget, defense x adversary, one "
         "panel per restricted task (1: the defense took nothing away; 0: the attacker gained no "
         f"more than from scratch; n/a: undefined). Means over up to {_count(bases, 'base')} x "
-        f"{_count(seeds, 'seed')}; the leaderboard gives each cell's interval."))
+        f"{_count(seeds, 'seed')}, each with its interval over bases, seeds and eval items "
+        "under it."))
 
 
 def plot_pareto(board: pd.DataFrame, worst: pd.DataFrame, results: pd.DataFrame,
