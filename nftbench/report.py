@@ -555,9 +555,9 @@ def plot_heatmap(board: pd.DataFrame, folder: Path) -> list[Path]:
             ax.tick_params(axis="x", labelbottom=False)
     fig.colorbar(image, ax=flat[:len(tasks)], label="relative gain to scratch (RG)",
                  shrink=0.8)
-    # two lines of title above the panels' own titles: about 0.35 in, whatever the height
+    # two lines of title just above the top panels' own titles (~0.55 in), whatever the height
     fig.suptitle("Relative gain to scratch\n(1: no protection, 0: as good as scratch)",
-                 fontsize=9, y=1 + 0.35 / fig.get_figheight())
+                 fontsize=9, y=fig.subplotpars.top + 0.55 / fig.get_figheight(), va="bottom")
     bases, seeds = int(board.n_bases.max()), int(board.n_seeds.max())
     return save_figure(fig, folder, "heatmap_rg", tight=False, caption=(
         "Relative gain to scratch after the whole attack budget, defense x adversary, one "
