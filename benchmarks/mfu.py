@@ -26,16 +26,10 @@ from collections.abc import Iterator
 
 import pandas as pd
 import torch
+from real_size import QWEN25_05B  # (benchmarks/, the script's folder, is on the path)
 
 from nftbench.optim import OptimConfig
 from nftbench.train import ComputeConfig, count_matmul_params, lm_loss, train
-
-QWEN25_05B = {
-    "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-    "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
-    "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True,
-}
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10

@@ -81,14 +81,14 @@ def matrix(model_dir: Path, out: Path, threads: int) -> dict:
     }
 
 
-def shapes(model_dir: Path) -> dict[str, int]:
+def shapes() -> dict[str, int]:
     """Parameter counts of the model, from its config (tied table counted once)."""
     c = QWEN25_05B
     h, i, n_layers, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], \
         c["vocab_size"]
     kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
     per_layer_linear = h * h + 2 * h * kv + h * h + 3 * h * i  # q, k, v, o, gate/up/down
-    per_layer = per_layer_linear + h + 2 * kv + h + 2 * h  # q/k/v biases, two norms
+    per_layer = per_layer_linear + h + 2 * kv + 2 * h  # q/k/v biases, two norms
     return {"params": n_layers * per_layer + v * h + h, "linear": n_layers * per_layer_linear,
             "embed": v * h, "hidden": h, "inter": i, "layers": n_layers, "vocab": v}
 
@@ -164,7 +164,7 @@ def main() -> None:
                     "sequential"], check=False, env=env, preexec_fn=expendable)
     run = args.out / "run"
     manifest = json.loads((run / "manifest.json").read_text())
-    est = estimates(shapes(model_dir))
+    est = estimates(shapes())
     store = run / "store"
     rows = []
     for stage in manifest["stages"]:
@@ -201,7 +201,7 @@ def main() -> None:
     table["peak/estimate"] = (table.peak_GB / table.estimate_GB).round(2)
     print(table.to_string(index=False))
     table.to_csv(args.out / "real_size.csv", index=False)
-    print(f"\nparameters {shapes(model_dir)['params'] / 1e6:.1f}M; "
+    print(f"\nparameters {shapes()['params'] / 1e6:.1f}M; "
           f"largest peak {table.peak_GB.max():.1f} GB")
 
 

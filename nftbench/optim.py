@@ -194,7 +194,7 @@ class AdamOptions(PluginConfig):
 
     fused: bool = Field(False, description="torch's fused kernel, one pass over all parameters "
                         "per step (CPU and CUDA): at 0.5B parameters on 2 CPU cores the "
-                        "optimizer step takes a quarter of the training step unfused "
+                        "optimizer step takes about a third of the training step unfused "
                         "(benchmarks/mfu.py)")
 
     def kwargs(self) -> dict[str, Any]:

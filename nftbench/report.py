@@ -430,7 +430,7 @@ def plot_curves(results: pd.DataFrame, folder: Path, cfg: ReportConfig) -> list[
         for ax in panels[::PANEL_COLUMNS]:
             ax.set_ylabel(f"{task} score")
         legend_beside(panels)  # beside the panels, never over a curve
-        units = f"{t.base.nunique()} bases x {t.seed.nunique()} seeds"
+        units = f"{_count(t.base.nunique(), 'base')} x {_count(t.seed.nunique(), 'seed')}"
         fig.suptitle(f"{task}: attack learning curves\n(mean and {cfg.level:.0%} CI over "
                      f"bases and seeds; {units})", fontsize=10)
         paths += save_figure(fig, folder, f"curves_{task}", caption=(

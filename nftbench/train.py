@@ -61,7 +61,7 @@ class ComputeConfig(BaseModel):
         False, description="keep only each block's input and recompute the block in the "
         "backward pass (Hugging Face's, non-reentrant): activation memory for one more "
         "forward pass, counted as recompute_flops")
-    compile: bool = Field(False, description="torch.compile the forward and loss (the first "
+    compile: bool = Field(False, description="torch.compile the model's forward (the first "
                           "steps pay for compilation; worth it for long runs on GPUs)")
     tf32: bool = Field(True, description="let float32 matmuls use TF32 on CUDA GPUs that have "
                        "it (Ampere and later; no effect on CPUs)")
