@@ -26,13 +26,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import matplotlib.ticker
 import pandas as pd
 
 from nftbench.metrics import cell_table, crossing_step, rg_by_step
 from nftbench.records import NONE, SCRATCH
-from nftbench.report import legend_beside, save_figure
+from nftbench.report import PRINT_STYLE, figure_grid, legend_below, save_figure
 
 
 def budgets(run_dir: Path) -> dict[str, dict[str, int]]:
@@ -77,10 +76,9 @@ def _short(row: pd.Series) -> str:
 def plot(table: pd.DataFrame, level: float, task: str, path: Path,
          budgets: dict[str, int]) -> None:
     adversaries = sorted(table.adversary.unique())
-    fig, axes = plt.subplots(1, len(adversaries), figsize=(4.6 * len(adversaries), 3.6),
-                             squeeze=False)
+    fig, axes = figure_grid(len(adversaries), height=2.4, sharey=False)
     col = f"steps_to_rg_{level:g}"
-    for ax, adversary in zip(axes[0], adversaries, strict=True):
+    for ax, adversary in zip(axes, adversaries, strict=True):
         t = table[table.adversary == adversary]
         for censored, marker in ((False, "o"), (True, "^")):
             g = t[t.censored == censored]
@@ -100,14 +98,16 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
         ax.set_ylim(-0.05 * budgets[adversary], 1.15 * budgets[adversary])
         ax.axhline(budgets[adversary], color="0.6", linestyle=":", linewidth=1)
         ax.set_xlabel("suppression budget (K x outer steps)")
-        ax.set_title(f"{adversary} (budget {budgets[adversary]} steps)", fontsize=9)
+        ax.set_title(f"{adversary} (budget {budgets[adversary]} steps)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"attack steps until RG >= {level:g}")
-    legend_beside(axes[0])
-    fig.suptitle(f"{task}: how long the defense holds against its suppression budget\n"
-                 f"(first budget point with mean RG >= {level:g}; up to "
-                 f"{table.bases.max()} bases x {table.seeds.max()} seeds)", fontsize=10)
-    save_figure(fig, path.parent, path.stem)
+    axes[0].set_ylabel(f"attack steps until RG >= {level:g}")
+    legend_below(fig, axes)
+    save_figure(fig, path.parent, path.stem, caption=(
+        f"How long SOPHON holds on {task} against its suppression budget: for each release "
+        f"(K inner steps x outer steps), the first attack budget point where mean RG reaches "
+        f"{level:g} (filled), or the attack's whole budget when it never does (open: censored, "
+        f"the defense held). Means over up to {table.bases.max()} bases x {table.seeds.max()} "
+        f"attack seeds; a release on one base is marked."))
 
 
 def main() -> None:
@@ -127,7 +127,8 @@ def main() -> None:
     out = args.run_dirs[0] / "report"
     out.mkdir(exist_ok=True)
     table.to_csv(out / "ladder.csv", index=False)
-    plot(table, args.level, args.task, out / f"ladder_{args.task}.png", budgets)
+    with matplotlib.rc_context(PRINT_STYLE):
+        plot(table, args.level, args.task, out / f"ladder_{args.task}.png", budgets)
     with pd.option_context("display.width", 200, "display.max_colwidth", 80):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     print(f"written: {out / 'ladder.csv'}, {out / f'ladder_{args.task}.png'}")

@@ -3,14 +3,16 @@
 ``nftbench report RUN_DIR`` (and the end of every ``nftbench run``) writes into
 ``RUN_DIR/report/``: ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.tex`` (booktabs),
 ``worst_case.md`` / ``.csv``, and figures as PNG and PDF: learning curves per restricted task,
-a relative-gain heatmap, utility against resistance, a sweep plot per swept defense parameter,
-and the attacker-effort curve of sweep adversaries. Every number comes from
-``nftbench.metrics``.
+RG against attack steps, a relative-gain heatmap, utility against resistance, a sweep figure per
+swept defense parameter, variance components, and the attacker-effort curve of sweep
+adversaries, each at a printed column width with a caption file; ``figures.tex`` and a
+self-contained ``index.html``. Every number comes from ``nftbench.metrics``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from nftbench.metrics import (
     as_grid,
     cell_table,
     complete_grid,
+    crossing_step,
     curves,
     mean_interval,
     owner_cells,
@@ -71,21 +74,17 @@ class ReportConfig:
     min_seeds: int = 2  # likewise for attack seeds per base
 
 
+def natural_key(name: str) -> list[Any]:
+    """Sort key reading the numbers in a name as numbers: alpha=3 before alpha=10."""
+    return [(0, float(part), "") if i % 2 else (1, 0.0, part)
+            for i, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", name))]
+
+
 def releases_in_order(results: pd.DataFrame) -> list[str]:
+    """none first, the defenses in natural order, scratch last."""
     names = [r for r in pd.unique(results.release) if r not in (NONE, SCRATCH)]
-    return [r for r in (NONE, *sorted(names), SCRATCH) if r in set(results.release)]
-
-
-def colors(results: pd.DataFrame) -> dict[str, str]:
-    """One colour per release, the same in every figure."""
-    out, i = {}, 0
-    for r in releases_in_order(results):
-        if r == SCRATCH:
-            out[r] = SCRATCH_COLOR
-        else:
-            out[r] = PALETTE[i % len(PALETTE)]
-            i += 1
-    return out
+    return [r for r in (NONE, *sorted(names, key=natural_key), SCRATCH)
+            if r in set(results.release)]
 
 
 def leaderboard(results: pd.DataFrame, cfg: ReportConfig = ReportConfig()) -> pd.DataFrame:
@@ -353,46 +352,151 @@ def _components_table(c: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-PANEL_COLUMNS = 4  # panels per row: a double column (6.75 in) holds four readable panels
+SINGLE_COLUMN_IN = 3.25  # the widths a two-column paper prints at: figure / figure*
 DOUBLE_COLUMN_IN = 6.75
+COLUMN_WIDTHS = (SINGLE_COLUMN_IN, DOUBLE_COLUMN_IN)
+MIN_FONT_PT = 7  # the smallest text a figure may print, at its printed size
+PANEL_COLUMNS = 4  # panels per row: a double column holds four readable panels
+PANEL_HEIGHT_IN = 1.7
+#: RG's readable range: 1 is no protection, 0 scratch; a value outside (small denominators)
+#: is drawn at the edge as an arrow head with its value, never allowed to set the axis
+RG_LIMITS = (-0.5, 1.5)
+#: learning curves draw their confidence bands up to this many releases a panel; beyond it the
+#: overlapping bands hide the lines (the caption says so; intervals stay in the tables)
+BAND_MAX_RELEASES = 4
+LINESTYLES = ["-", "--", "-.", ":"]
 
 
-def panel_grid(n: int) -> tuple[plt.Figure, list[Any]]:
-    """A figure of ``n`` panels sharing the y axis, at most :data:`PANEL_COLUMNS` a row, sized
-    for a double column (the legend goes beside the last row's panel); unused cells hidden."""
-    cols = min(n, PANEL_COLUMNS)
+@dataclass(frozen=True)
+class Style:
+    """How one release (or variant family) is drawn in every figure: a colour-blind-safe
+    colour plus a marker, so that the figure survives greyscale."""
+
+    color: str
+    marker: str
+    linestyle: str = "-"
+
+    def line(self) -> dict[str, Any]:
+        return {"color": self.color, "marker": self.marker, "linestyle": self.linestyle}
+
+
+def styles(names: Sequence[str]) -> dict[str, Style]:
+    """A distinct (colour, marker) per name, in order; ``scratch`` grey and dashed."""
+    out, i = {}, 0
+    for name in names:
+        if name == SCRATCH:
+            out[name] = Style(SCRATCH_COLOR, "x", "--")
+        else:
+            out[name] = Style(PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)],
+                              LINESTYLES[(i // len(PALETTE)) % len(LINESTYLES)])
+            i += 1
+    return out
+
+
+def release_styles(results: pd.DataFrame) -> dict[str, Style]:
+    """One style per release, the same in every figure of a report."""
+    return styles(releases_in_order(results))
+
+
+def figure_grid(n: int, width: float | None = None, height: float = PANEL_HEIGHT_IN,
+                sharey: bool = True, sharex: bool = False) -> tuple[plt.Figure, list[Any]]:
+    """A figure of ``n`` panels at a printed column width (single for one panel, double
+    otherwise), at most :data:`PANEL_COLUMNS` a row, laid out by matplotlib's constrained
+    layout so that nothing is cropped at save time; unused cells hidden."""
+    width = width or (SINGLE_COLUMN_IN if n == 1 else DOUBLE_COLUMN_IN)
+    cols = max(1, min(n, PANEL_COLUMNS if width == DOUBLE_COLUMN_IN else 2))
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, squeeze=False, sharey=True,
-                             figsize=(min(DOUBLE_COLUMN_IN, 1.9 * cols + 0.6), 1.9 * rows + 0.9))
+    fig, axes = plt.subplots(rows, cols, squeeze=False, sharey=sharey, sharex=sharex,
+                             layout="constrained", figsize=(width, height * rows + 0.5))
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.set_visible(False)
     return fig, flat[:n]
 
 
-def legend_beside(axes: Any) -> None:
-    """One legend right of the last panel with every labelled line of all of them (so it
-    shows even when the last panel has none)."""
+def legend_below(fig: plt.Figure, axes: Sequence[Any], title: str | None = None) -> None:
+    """One legend under all panels, outside the data, with every labelled artist of any of
+    them, in as many columns as the figure's width holds; the figure grows to make room."""
     labelled: dict[str, Any] = {}
     for ax in axes:
         handles, labels = ax.get_legend_handles_labels()
         labelled.update(zip(labels, handles, strict=True))
-    if labelled:
-        axes[-1].legend(list(labelled.values()), list(labelled), fontsize=7, loc="upper left",
-                        bbox_to_anchor=(1.02, 1))
+    if not labelled:
+        return
+    width = fig.get_figwidth()
+    # a 7 pt label is about 0.055 in a character; the handle and gaps about 0.5 in
+    per_column = 0.5 + 0.055 * max(len(label) for label in labelled)
+    ncols = max(1, min(len(labelled), int(width // per_column)))
+    rows = -(-len(labelled) // ncols)
+    fig.set_figheight(fig.get_figheight() + 0.17 * rows + 0.15 + (0.17 if title else 0))
+    fig.legend(list(labelled.values()), list(labelled), loc="outside lower center",
+               ncols=ncols, frameon=False, fontsize=MIN_FONT_PT, title=title,
+               title_fontsize=MIN_FONT_PT)
 
 
-def save_figure(fig: plt.Figure, folder: Path, name: str, caption: str | None = None,
-                tight: bool = True) -> list[Path]:
-    """``folder/name.png`` and ``.pdf``, cropped to what is drawn (legends beside panels
-    included), and ``name.caption.txt`` (what is plotted, over how many bases and seeds, what
-    the band is) for figures.tex and the report page; closes the figure."""
-    if tight:
-        fig.tight_layout()
+def clip_marked(ax: Any, x: Any, y: Any, style: Style,
+                limits: tuple[float, float] = RG_LIMITS) -> np.ndarray:
+    """``y`` clipped to ``limits``; each clipped point is drawn on the edge as an arrow head
+    pointing out with its true value beside it, so an outlier is shown but never sets the axis.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    lo, hi = limits
+    for beyond, edge, marker, va in ((y > hi, hi, "^", "top"), (y < lo, lo, "v", "bottom")):
+        for xi, yi in zip(x[beyond], y[beyond], strict=True):
+            ax.plot([xi], [edge], marker=marker, color=style.color, markersize=6,
+                    linestyle="none", clip_on=False, zorder=4)
+            ax.annotate(f"{yi:.1f}", (xi, edge), xytext=(4, 0), textcoords="offset points",
+                        fontsize=MIN_FONT_PT, color=style.color, va=va, ha="left")
+    return np.clip(y, lo, hi)
+
+
+def _drawn_ticklabels(axis: Any) -> list[Any]:
+    """The major tick labels an axis draws: those inside its view interval."""
+    lo, hi = sorted(axis.get_view_interval())
+    span = (hi - lo) * 1e-6
+    return [label for loc, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels(),
+                                        strict=False) if lo - span <= loc <= hi + span]
+
+
+def print_problems(fig: plt.Figure) -> list[str]:
+    """Why ``fig`` is not print-ready: a width that is neither column, visible text under
+    :data:`MIN_FONT_PT` at the printed size, or labels that run into each other."""
+    problems = []
+    if not any(abs(fig.get_figwidth() - w) < 1e-6 for w in COLUMN_WIDTHS):
+        problems.append(f"width {fig.get_figwidth():.2f} in is neither column "
+                        f"({SINGLE_COLUMN_IN} or {DOUBLE_COLUMN_IN} in)")
+    for text in fig.findobj(matplotlib.text.Text):
+        if text.get_visible() and text.get_text().strip() and text.get_fontsize() < MIN_FONT_PT:
+            problems.append(f"{text.get_text()!r} at {text.get_fontsize():g} pt")
+    # axis labels, titles and tick labels must not run into one another across panels
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for ax in fig.axes if ax.get_visible()
+              for t in (ax.title, ax.xaxis.label, ax.yaxis.label, *_drawn_ticklabels(ax.xaxis),
+                        *_drawn_ticklabels(ax.yaxis))
+              if t.get_visible() and t.get_text().strip()]
+    boxes = [t.get_window_extent(renderer).shrunk(0.98, 0.9) for t in labels]
+    for i in range(len(labels)):
+        for j in range(i + 1, len(labels)):
+            if boxes[i].overlaps(boxes[j]):
+                problems.append(f"{labels[i].get_text()!r} runs into {labels[j].get_text()!r}")
+    return problems
+
+
+def save_figure(fig: plt.Figure, folder: Path, name: str,
+                caption: str | None = None) -> list[Path]:
+    """``folder/name.png`` and ``.pdf`` at the figure's printed size (a column's width; fonts
+    embedded as TrueType), and ``name.caption.txt`` (what is plotted, over how many bases and
+    seeds, what the band is) for figures.tex and the report page; closes the figure. A figure
+    that would not print (wrong width, text under 7 pt) is refused."""
+    problems = print_problems(fig)
+    if problems:
+        plt.close(fig)
+        raise ValueError(f"figure {name} is not print-ready: " + "; ".join(problems[:5]))
     out = [folder / f"{name}.png", folder / f"{name}.pdf"]
     with plt.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
-        fig.savefig(out[0], dpi=150, bbox_inches="tight")
-        fig.savefig(out[1], bbox_inches="tight")
+        fig.savefig(out[0], dpi=200)
+        fig.savefig(out[1])
     plt.close(fig)
     if caption:
         out.append(folder / f"{name}{CAPTION_SUFFIX}")
@@ -400,50 +504,54 @@ def save_figure(fig: plt.Figure, folder: Path, name: str, caption: str | None = 
     return out
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def plot_curves(results: pd.DataFrame, folder: Path, cfg: ReportConfig) -> list[Path]:
     """(a) One figure per restricted task; a panel per adversary; a line per release with its
-    confidence band over seeds."""
+    confidence band over bases and seeds (bands only while they stay readable)."""
     c = curves(results)
     c = c[c.status == "ok"].dropna(subset=["value"])
-    palette, paths = colors(results), []
+    style, paths = release_styles(results), []
     for task, t in c.groupby("task"):
         adversaries = sorted(t.adversary.unique())
-        fig, panels = panel_grid(len(adversaries))
+        releases = releases_in_order(t)
+        bands = len(releases) <= BAND_MAX_RELEASES
+        fig, panels = figure_grid(len(adversaries))
         for ax, adversary in zip(panels, adversaries, strict=True):
-            for release in releases_in_order(t):
+            for release in releases:
                 g = t[(t.adversary == adversary) & (t.release == release)]
                 if g.empty:
                     continue
                 g = g.assign(base=g.base.fillna(NO_BASE).astype(int))
                 stats = g.groupby("step").agg(x=(cfg.x_axis, "mean"),
                                               m=("value", "mean")).reset_index()
-                band = np.array([_band(g[g.step == step], cfg.level) for step in stats.step])
-                style = "--" if release == SCRATCH else "-"
-                ax.plot(stats.x, stats.m, style, color=palette[release], label=release,
-                        marker="o", markersize=3)
-                ax.fill_between(stats.x, band[:, 0], band[:, 1], color=palette[release],
-                                alpha=0.2, linewidth=0)
-            ax.set_title(adversary, fontsize=9)
+                ax.plot(stats.x, stats.m, **style[release].line(), markersize=3,
+                        linewidth=1.2, label=release)
+                if bands:
+                    band = np.array([_band(g[g.step == s], cfg.level) for s in stats.step])
+                    ax.fill_between(stats.x, band[:, 0], band[:, 1],
+                                    color=style[release].color, alpha=0.15, linewidth=0)
+            ax.set_title(adversary)
             ax.set_xlabel(X_AXES[cfg.x_axis])
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
         for ax in panels[::PANEL_COLUMNS]:
             ax.set_ylabel(f"{task} score")
-        legend_beside(panels)  # beside the panels, never over a curve
+        legend_below(fig, panels)
         units = f"{_count(t.base.nunique(), 'base')} x {_count(t.seed.nunique(), 'seed')}"
-        fig.suptitle(f"{task}: attack learning curves\n(mean and {cfg.level:.0%} CI over "
-                     f"bases and seeds; {units})", fontsize=10)
+        band_text = (f"bands are {cfg.level:.0%} confidence intervals of the mean over bases "
+                     "and seeds." if bands else
+                     f"with {len(releases)} releases the intervals are left out (their bands "
+                     "would hide the lines); the leaderboard gives each final score's "
+                     "interval.")
         paths += save_figure(fig, folder, f"curves_{task}", caption=(
             f"Attack learning curves on {task}: the task score against "
             f"{X_AXES[cfg.x_axis]}, one panel per adversary, one line per release (scratch "
             f"dashed: the same architecture from random initialization). Lines are means over "
-            f"{units}; bands are {cfg.level:.0%} confidence intervals of the mean over bases "
-            f"and seeds."))
+            f"{units}; {band_text}"))
     return paths
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def rg_steps_table(results: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
@@ -457,48 +565,71 @@ def rg_steps_table(results: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def _rg_axes(ax: Any) -> None:
+    """RG's reference lines (0: scratch, 0.5: half recovered, 1: no protection) and range."""
+    ax.axhline(0.5, color="0.4", linestyle=":", linewidth=1)
+    ax.axhline(1.0, color="0.7", linewidth=0.8)
+    ax.axhline(0.0, color="0.7", linewidth=0.8)
+    ax.set_ylim(*RG_LIMITS)
+    ax.grid(alpha=0.3)
+
+
 def plot_rg_steps(table: pd.DataFrame, results: pd.DataFrame, folder: Path,
                   cfg: ReportConfig) -> list[Path]:
-    """(a') RG against attack steps: a figure per restricted task, a panel per adversary, a
-    line per defense with its interval; where it crosses 0.5 is how long the defense held."""
+    """(a') The resistance horizon: RG against the attack's steps (tokens, FLOPs), a figure per
+    restricted task, a panel per adversary, a line per defense with its interval; a tick on the
+    0.5 line marks the first budget point where a defense's mean has reached it
+    (``metrics.crossing_step``: how long the defense held)."""
     if table.empty or table.step.nunique() < 3:
         return []
-    palette, paths = colors(results), []
+    style, paths = release_styles(results), []
+    # a budget step in tokens or FLOPs: the mean over the cells trained that many steps
+    scored = results[(results.metric == "score") & (results.role == "restricted")]
+    x_of = scored.groupby(["adversary", "task", "step"])[cfg.x_axis].mean()
     for task, t in table.groupby("task"):
         adversaries = sorted(t.adversary.unique())
-        fig, panels = panel_grid(len(adversaries))
+        defenses = [r for r in releases_in_order(results) if r in set(t.defense)]
+        bands = len(defenses) <= BAND_MAX_RELEASES
+        fig, panels = figure_grid(len(adversaries))
         for ax, adversary in zip(panels, adversaries, strict=True):
-            for defense in [r for r in releases_in_order(results) if r in set(t.defense)]:
+            for defense in defenses:
                 g = t[(t.adversary == adversary) & (t.defense == defense)].dropna(subset=["rg"])
                 if g.empty:
                     continue
-                ax.plot(g.step, g.rg, "-o", markersize=3, color=palette[defense],
-                        label=defense)
-                ax.fill_between(g.step, g.ci_low.clip(-0.5, 1.5), g.ci_high.clip(-0.5, 1.5),
-                                color=palette[defense], alpha=0.15, linewidth=0)
-            ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1)
-            ax.axhline(1.0, color="0.7", linewidth=0.8)
-            ax.axhline(0.0, color="0.7", linewidth=0.8)
-            ax.set_title(adversary, fontsize=9)
-            ax.set_xlabel("attack steps")
-            ax.set_ylim(-0.5, 1.5)
-            ax.grid(alpha=0.3)
+                s = style[defense]
+                x = np.array([x_of.get((adversary, task, step), np.nan) for step in g.step])
+                y = clip_marked(ax, x, g.rg, s)
+                ax.plot(x, y, **s.line(), markersize=3, linewidth=1.2, label=defense)
+                if bands:
+                    ax.fill_between(x, g.ci_low.clip(*RG_LIMITS), g.ci_high.clip(*RG_LIMITS),
+                                    color=s.color, alpha=0.15, linewidth=0)
+                step, censored = crossing_step(g)
+                if not censored:  # the first budget point where the mean has reached 0.5
+                    ax.plot([x_of.get((adversary, task, step), np.nan)], [0.5], marker="|",
+                            markersize=9, markeredgewidth=1.5, color=s.color,
+                            linestyle="none", zorder=5)
+            _rg_axes(ax)
+            ax.set_title(adversary)
+            ax.set_xlabel(f"attack {X_AXES[cfg.x_axis]}")
         for ax in panels[::PANEL_COLUMNS]:
             ax.set_ylabel(f"RG on {task}")
-        legend_beside(panels)
+        legend_below(fig, panels)
         n = t[["n_bases", "n_seeds"]].max()
-        fig.suptitle(f"{task}: relative gain to scratch along the attack\n(mean, "
-                     f"{cfg.level:.0%} CI; {_count(n.n_bases, 'base')} x "
-                     f"{_count(n.n_seeds, 'seed')}; 1: no resistance, 0: scratch)", fontsize=9)
+        units = f"{_count(int(n.n_bases), 'base')} x {_count(int(n.n_seeds), 'seed')}"
+        band_text = (f"bands are {cfg.level:.0%} intervals over bases, seeds and eval items, "
+                     f"clipped to [{RG_LIMITS[0]}, {RG_LIMITS[1]}]" if bands else
+                     f"with {len(defenses)} defenses the intervals are left out (rg_by_step.csv "
+                     "holds them)")
         paths += save_figure(fig, folder, f"rg_steps_{task}", caption=(
             f"Resistance horizon on {task}: relative gain to scratch (RG = (defended - "
-            f"scratch) / (undefended - scratch)) against attack steps, one panel per adversary, "
-            f"one line per defense; the dotted line at 0.5 marks where the attacker has "
-            f"recovered half of what pre-training gives. Means over up to "
-            f"{_count(n.n_bases, 'base')} x {_count(n.n_seeds, 'seed')}; bands are "
-            f"{cfg.level:.0%} intervals over bases, seeds and eval items, clipped to [-0.5, "
-            f"1.5]; points where RG is undefined (undefended and scratch too close) are "
-            f"omitted."))
+            f"scratch) / (undefended - scratch); 1: no protection, 0: no better than scratch) "
+            f"against the attack's {X_AXES[cfg.x_axis]}, one panel per adversary, one line per "
+            f"defense. The dotted line at 0.5 is where the attacker has recovered half of what "
+            f"pre-training gives; a tick on it marks the first budget point where a defense's "
+            f"mean has reached it (none: it held for the whole attack). Means over up to "
+            f"{units}; {band_text}. A mean beyond the axis is drawn at its edge as an arrow "
+            f"head with its value; points where RG is undefined (undefended and scratch too "
+            f"close) are omitted."))
     return paths
 
 
@@ -509,20 +640,37 @@ def _band(points: pd.DataFrame, level: float) -> tuple[float, float]:
     return est.ci_low, est.ci_high
 
 
+def _interval_text(lo: float, hi: float, compact: bool) -> str:
+    if compact:  # ".12" for "0.12": fits a narrow cell
+        return "[" + ", ".join(f"{v:.2f}".replace("0.", ".", 1) for v in (lo, hi)) + "]"
+    return f"[{lo:.2f}, {hi:.2f}]"
+
+
 def plot_heatmap(board: pd.DataFrame, folder: Path) -> list[Path]:
-    """(b) Relative gain to scratch, defense x adversary, a panel per task."""
+    """(e) Relative gain to scratch, defense x adversary, a panel per task, each value with its
+    interval in small text under it."""
     if board.empty:
         return []
     tasks = sorted(board.task.unique())
     defenses = [d for d in releases_in_order(board.rename(columns={"defense": "release"}))]
     adversaries = sorted(board.adversary.unique())
-    label_width = 0.08 * max(len(d) for d in defenses)  # inches for the y tick labels
-    # as many task panels a row as a double column holds at 0.9 in a cell (the interval's room)
-    cols = max(1, min(len(tasks), int((DOUBLE_COLUMN_IN - 1) // (0.9 * len(adversaries)))))
+    label_in = 0.06 * max(len(d) for d in defenses) + 0.1  # the y tick labels
+    # a cell is wide enough for "[0.12, 0.98]" at 0.8 in, for "[.12, .98]" at 0.6; the colour
+    # bar and margins take about an inch
+    cell_in, narrow_in, fixed_in = 0.8, 0.6, 1.0
+    single = label_in + fixed_in + cell_in * len(adversaries) * len(tasks) <= SINGLE_COLUMN_IN
+    width = SINGLE_COLUMN_IN if single else DOUBLE_COLUMN_IN
+    cols = max(1, min(len(tasks), int((width - label_in - fixed_in)
+                                      // (narrow_in * len(adversaries)))))
     rows_n = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(rows_n, cols, squeeze=False, sharey=True,
-                             figsize=(label_width + 1.2 + 0.9 * len(adversaries) * cols,
-                                      rows_n * (1.1 + 0.5 * len(defenses))))
+    cell = (width - label_in - fixed_in) / (cols * len(adversaries))
+    compact = cell < cell_in
+    # adversary names upright while they fit their cell, else vertical (never overlapping)
+    rotation = 0 if 0.06 * max(len(a) for a in adversaries) < cell else 90
+    fig, axes = plt.subplots(rows_n, cols, squeeze=False, sharey=True, layout="constrained",
+                             figsize=(width, rows_n * (0.3 + 0.27 * len(defenses)) + 0.2
+                                      + (0.3 if rotation == 0 else
+                                         0.06 * max(len(a) for a in adversaries))))
     flat = list(axes.flat)
     for ax in flat[len(tasks):]:
         ax.set_visible(False)
@@ -543,23 +691,19 @@ def plot_heatmap(board: pd.DataFrame, folder: Path) -> list[Path]:
                 ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center",
                         va="bottom" if not np.isnan(lo) else "center", fontsize=8, color=color)
                 if not (np.isnan(v) or np.isnan(lo)):  # the interval, small, under the value
-                    ax.text(j, i, f"[{lo:.2f}, {hi:.2f}]", ha="center", va="top", fontsize=7,
-                            color=color)
-        ax.set_xticks(range(len(adversaries)), adversaries, rotation=30, ha="right",
-                      fontsize=8)
-        ax.set_yticks(range(len(defenses)), defenses, fontsize=8)
+                    ax.text(j, i, _interval_text(lo, hi, compact), ha="center", va="top",
+                            fontsize=MIN_FONT_PT, color=color)
+        ax.set_xticks(range(len(adversaries)), adversaries, rotation=rotation)
+        ax.set_yticks(range(len(defenses)), defenses)
         ax.tick_params(axis="y", labelleft=ax in axes[:, 0])  # labels once a row, at the left
-        ax.set_title(task, fontsize=9)
+        ax.set_title(task)
     for k, ax in enumerate(flat[:len(tasks)]):  # adversary names once a column, at the bottom
         if k + cols < len(tasks):
             ax.tick_params(axis="x", labelbottom=False)
-    fig.colorbar(image, ax=flat[:len(tasks)], label="relative gain to scratch (RG)",
-                 shrink=0.8)
-    # two lines of title just above the top panels' own titles (~0.55 in), whatever the height
-    fig.suptitle("Relative gain to scratch\n(1: no protection, 0: as good as scratch)",
-                 fontsize=9, y=fig.subplotpars.top + 0.55 / fig.get_figheight(), va="bottom")
+    fig.colorbar(image, ax=flat[:len(tasks)], label="RG (1: none, 0: scratch)",
+                 shrink=0.9)
     bases, seeds = int(board.n_bases.max()), int(board.n_seeds.max())
-    return save_figure(fig, folder, "heatmap_rg", tight=False, caption=(
+    return save_figure(fig, folder, "heatmap_rg", caption=(
         "Relative gain to scratch after the whole attack budget, defense x adversary, one "
         "panel per restricted task (1: the defense took nothing away; 0: the attacker gained no "
         f"more than from scratch; n/a: undefined). Means over up to {_count(bases, 'base')} x "
@@ -568,31 +712,53 @@ def plot_heatmap(board: pd.DataFrame, folder: Path) -> list[Path]:
 
 
 def plot_pareto(board: pd.DataFrame, worst: pd.DataFrame, results: pd.DataFrame,
-                folder: Path) -> list[Path]:
-    """(c) Utility retention against resistance (1 - worst-case RG, mean over tasks)."""
+                folder: Path, manifest: dict[str, Any] | None = None,
+                cfg: ReportConfig = ReportConfig()) -> list[Path]:
+    """(b) The utility-resistance frontier: a point per defense variant (utility retention
+    against 1 - worst-case RG), none and the positive control labelled as the references."""
     if board.empty or worst.empty:
         return []
-    palette = colors(results)
+    style = release_styles(results)
     resist = 1 - worst.groupby("defense").worst_rg.mean()
-    util_ = board.groupby("defense").utility_retention.first()
-    fig, ax = plt.subplots(figsize=(6.75, 3.6))  # a double column, the legend beside
-    for i, defense in enumerate(resist.index):  # a marker each too: readable in greyscale
-        x, y = util_.get(defense, np.nan), resist[defense]
-        ax.scatter(x, y, s=50, color=palette.get(defense, "black"), label=defense,
-                   marker=MARKERS[i % len(MARKERS)], edgecolor="black", linewidth=0.5,
-                   alpha=0.85)
-    ax.set_xlabel("utility retention (capability / that of none)")
-    ax.set_ylabel("resistance (1 - worst-case RG, mean over tasks)")
+    util_ = board.groupby("defense")[["utility_retention", "utility_ci_low",
+                                      "utility_ci_high"]].first()
+    variants = (manifest or {}).get("variants", {}).get("defenses", {})
+    controls = {d for d, v in variants.items() if v.get("plugin") == "filtered"}
+    fig, panels = figure_grid(1, height=2.4, sharey=False)
+    ax = panels[0]
+    limits = (max(-0.55, min(-0.05, resist.min() - 0.05)), 1.05)
+    for defense in [r for r in style if r in resist.index]:  # the report's order: none first
+        s = style[defense]
+        u = util_.reindex([defense]).iloc[0]
+        x, y = u.utility_retention, resist[defense]
+        y_shown = clip_marked(ax, [x], [y], s, limits)[0]
+        if not np.isnan(u.utility_ci_low):  # utility's interval; a worst case has none
+            ax.plot([u.utility_ci_low, u.utility_ci_high], [y_shown, y_shown], color=s.color,
+                    linewidth=1, alpha=0.7, zorder=2)
+        ax.scatter(x, y_shown, s=40, color=s.color, marker=s.marker, edgecolor="black",
+                   linewidth=0.5, alpha=0.9, label=defense, zorder=3)
+        if defense == NONE or defense in controls:  # the references, named at the point
+            ax.annotate("none (reference)" if defense == NONE else "positive control",
+                        (x, y_shown), xytext=(-5, 6), textcoords="offset points",
+                        fontsize=MIN_FONT_PT, ha="right")
+    ax.set_xlabel("utility retention (capability / none's)")
+    ax.set_ylabel("resistance (1 - worst-case RG)")
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.axhline(1, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_ylim(*limits)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))  # a column's width of ticks
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the data, never over it
-    ax.set_title("Utility against resistance (up and right is better)", fontsize=10)
+    legend_below(fig, panels)
     return save_figure(fig, folder, "pareto", caption=(
-        "Utility against resistance, one point per defense: utility retention (the release's "
-        "capability over that of the undefended base) against 1 - worst-case RG (the "
-        "strongest attack on each task, among attacks that keep capability within epsilon), "
-        f"mean over tasks; up to {_count(int(board.n_bases.max()), 'base')} x "
+        "Utility against resistance (up and right is better), one point per defense: utility "
+        "retention (the release's capability over that of the undefended base) against 1 - "
+        "worst-case RG (the strongest attack on each task, among attacks that keep capability "
+        "within epsilon), mean over tasks; horizontal bars are utility's "
+        f"{cfg.level:.0%} intervals (a worst case over adversaries has none). none is "
+        "the undefended reference (resistance 0)"
+        + (", the positive control (pre-training data filtering) what resistance looks like "
+           "where it exists" if controls else "")
+        + f"; up to {_count(int(board.n_bases.max()), 'base')} x "
         f"{_count(int(board.n_seeds.max()), 'seed')}."))
 
 
@@ -612,56 +778,170 @@ def swept_parameters(manifest: dict[str, Any]) -> dict[str, dict[str, list[tuple
     return out
 
 
+def variant_families(manifest: dict[str, Any], plugin: str,
+                     key: str) -> dict[str, list[tuple[str, Any]]]:
+    """The variants of ``plugin`` grouped by everything but ``key``: family name (the other
+    parameters that differ between variants, ``name=value``) -> [(variant, value of key)],
+    sorted by the value. A sweep line joins only the points of one family."""
+    variants = [(label, v["params"]) for label, v in
+                manifest.get("variants", {}).get("defenses", {}).items()
+                if v["plugin"] == plugin and key in v["params"]]
+    others = sorted({k for _, p in variants for k in p if k != key})
+    differing = [k for k in others if len({json.dumps(p.get(k), sort_keys=True, default=str)
+                                           for _, p in variants}) > 1]
+    families: dict[str, list[tuple[str, Any]]] = {}
+    for label, p in variants:
+        name = ", ".join(f"{k}={p.get(k)}" for k in differing) or plugin
+        families.setdefault(name, []).append((label, p[key]))
+    return {name: sorted(members, key=lambda m: m[1]) for name, members in families.items()}
+
+
 def plot_sweeps(board: pd.DataFrame, manifest: dict[str, Any], folder: Path,
                 cfg: ReportConfig = ReportConfig()) -> list[Path]:
-    """(d) For each swept numeric defense parameter: RG and utility against its value."""
+    """(d) The defense-parameter sweep: for each swept numeric parameter and restricted task,
+    a panel per adversary (RG final) and one for utility retention, against the parameter's
+    value; one line per variant family (variants equal but for that parameter)."""
     paths = []
     for plugin, params in swept_parameters(manifest).items():
-        for key, variants in params.items():
-            labels = dict(variants)
-            b = board[board.defense.isin(labels)]
-            b = b.assign(x=b.defense.map(labels))
-            if b.empty:
-                continue
-            fig, ax = plt.subplots(figsize=(5.5, 3.8))
-            skipped = []
-            for (adversary, task), g in b.groupby(["adversary", "task"]):
-                g = g.sort_values("x")
-                if g.rg.isna().all():
-                    skipped.append(f"{adversary} / {task}")
+        for key in params:
+            families = variant_families(manifest, plugin, key)
+            family_style = styles(list(families))
+            for task, b in board[board.defense.isin(
+                    {label for members in families.values() for label, _ in members})
+                                 ].groupby("task"):
+                adversaries = sorted(b.adversary.unique())
+                fig, panels = figure_grid(len(adversaries) + 1)
+                xs = sorted({x for members in families.values() for _, x in members})
+                # budgets and rates spanning a decade or more read on a log axis
+                log = xs[0] > 0 and xs[-1] / xs[0] >= 10
+                # families side by side at a value, so their error bars do not hide each other
+                dodge = 0.03 * ((np.log10(xs[-1] / xs[0]) if log else xs[-1] - xs[0]) or 1)
+
+                def at(values: list[float], shift: float, log: bool = log) -> np.ndarray:
+                    v = np.asarray(values, float)
+                    return v * 10 ** shift if log else v + shift
+                for i, (family, members) in enumerate(families.items()):
+                    s, labels = family_style[family], [label for label, _ in members]
+                    shift = (i - (len(families) - 1) / 2) * dodge
+                    for ax, adversary in zip(panels, adversaries, strict=False):
+                        g = (b[(b.adversary == adversary) & b.defense.isin(labels)]
+                             .set_index("defense").reindex(labels).dropna(subset=["rg"]))
+                        if g.empty:
+                            continue
+                        x = at([dict(members)[d] for d in g.index], shift)
+                        y = clip_marked(ax, x, g.rg, s)
+                        low = g.rg_ci_low.clip(*RG_LIMITS).to_numpy()
+                        high = g.rg_ci_high.clip(*RG_LIMITS).to_numpy()
+                        ax.errorbar(x, y, yerr=[np.maximum(y - low, 0), np.maximum(high - y, 0)],
+                                    **s.line(), markersize=4, capsize=2, linewidth=1.2,
+                                    label=family, gid=family)
+                    u = (b.drop_duplicates("defense").set_index("defense").reindex(labels)
+                         .dropna(subset=["utility_retention"]))
+                    if len(u):
+                        x = at([dict(members)[d] for d in u.index], shift)
+                        panels[-1].errorbar(
+                            x, u.utility_retention, yerr=[
+                                u.utility_retention - u.utility_ci_low,
+                                u.utility_ci_high - u.utility_retention], **s.line(),
+                            markersize=4, capsize=2, linewidth=1.2, label=family, gid=family)
+                for ax, adversary in zip(panels, adversaries, strict=False):
+                    _rg_axes(ax)
+                    ax.set_title(adversary)
+                    if b[b.adversary == adversary].rg.isna().all():
+                        ax.text(0.5, 0.5, "RG undefined", transform=ax.transAxes,
+                                ha="center", fontsize=MIN_FONT_PT)
+                panels[-1].set_title("utility retention")
+                panels[-1].grid(alpha=0.3)
+                panels[-1].axhline(1.0, color="0.7", linewidth=0.8)
+                for ax in panels:
+                    if log:
+                        ax.set_xscale("log")
+                        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+                    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+                    ax.set_xlabel(key)
+                for ax in panels[::PANEL_COLUMNS]:
+                    ax.set_ylabel(f"RG final on {task}")
+                legend_below(fig, panels, title=f"{plugin} variants ({key} swept)")
+                n = b[["n_bases", "n_seeds"]].max()
+                paths += save_figure(fig, folder, f"sweep_{plugin}_{key}_{task}", caption=(
+                    f"Effect of {plugin}'s {key} on {task}: relative gain to scratch after the "
+                    f"whole attack, one panel per adversary, and utility retention (last "
+                    f"panel), against {key}. One line per variant family ({plugin}'s variants "
+                    f"that differ only in {key}), families set side by side at each value; "
+                    f"error bars are {cfg.level:.0%} intervals over bases, seeds and eval items "
+                    f"(RG's clipped to [{RG_LIMITS[0]}, {RG_LIMITS[1]}]; a mean beyond is drawn "
+                    f"at the edge as an arrow head with its value). Up to "
+                    f"{_count(int(n.n_bases), 'base')} x {_count(int(n.n_seeds), 'seed')}."))
+    return paths
+
+
+COMPONENTS = ("base", "seed", "base x seed", "items")
+COMPONENT_HATCHES = ("", "//", "..", "xx")
+
+
+def plot_variance_components(components: pd.DataFrame, results: pd.DataFrame,
+                             folder: Path) -> list[Path]:
+    """(c) Where a final score's uncertainty comes from: a figure per restricted task, a panel
+    per adversary, a bar per release splitting the variance of one cell's score into its
+    shares across bases, attack seeds, their interaction and the eval items (colour and hatch
+    per component), the standard error of the mean written beside it."""
+    if components.empty:
+        return []
+    paths = []
+    order = releases_in_order(results)
+    palette = dict(zip(COMPONENTS, PALETTE, strict=False))
+    for task, t in components.groupby("task"):
+        adversaries = sorted(t.adversary.unique())
+        releases = [r for r in order if r in set(t.release)]
+        fig, panels = figure_grid(len(adversaries), height=0.5 + 0.22 * len(releases))
+        for ax, adversary in zip(panels, adversaries, strict=True):
+            g = t[t.adversary == adversary].set_index("release").reindex(releases)
+            left = np.zeros(len(releases))
+            for comp, hatch in zip(COMPONENTS, COMPONENT_HATCHES, strict=True):
+                share = g[f"share_{comp}"].fillna(0).to_numpy()
+                ax.barh(range(len(releases)), share, left=left, color=palette[comp],
+                        hatch=hatch, edgecolor="0.15", linewidth=0.3, label=comp)
+                left += share
+            for i, r in enumerate(g.itertuples()):
+                if np.isnan(r.se_mean):
                     continue
-                ax.errorbar(g.x, g.rg, yerr=[g.rg - g.rg_ci_low, g.rg_ci_high - g.rg],
-                            marker="o", capsize=3, label=f"RG: {adversary} / {task}")
-            u = b.groupby("x").utility_retention.first().sort_index()
-            ax.plot(u.index, u.values, "k--", marker="s", label="utility retention")
-            ax.set_xticks(sorted(set(b.x)))
-            ax.set_xlabel(f"{plugin}: {key}" + (f"  (RG undefined: {', '.join(skipped)})"
-                                                 if skipped else ""))
-            ax.set_ylabel("relative gain to scratch / utility retention")
-            ax.grid(alpha=0.3)
-            legend_beside([ax])
-            ax.set_title(f"{plugin}: effect of {key}", fontsize=10)
-            paths += save_figure(fig, folder, f"sweep_{plugin}_{key}", caption=(
-                f"Effect of {plugin}'s {key}: relative gain to scratch per adversary and task "
-                f"(error bars: {cfg.level:.0%} intervals over bases, seeds and eval items) and "
-                f"utility retention (dashed), against the parameter's value."))
+                note = f"se {r.se_mean:.3f}".replace("0.", ".", 1)
+                if r.n_bases < 2:  # one base: base variance cannot be told from seed variance
+                    note += "*"
+                ax.text(1.04, i, note, va="center", fontsize=MIN_FONT_PT)
+            ax.set_xlim(0, 1.75)  # the bars end at 1; the standard errors beside them
+            ax.set_xticks([0, 0.5, 1])
+            ax.set_yticks(range(len(releases)), releases)
+            ax.invert_yaxis()
+            ax.set_title(adversary)
+            ax.set_xlabel("share of a cell's variance")
+            ax.grid(alpha=0.3, axis="x")
+        legend_below(fig, panels)
+        n = t[["n_bases", "n_seeds"]].max()
+        paths += save_figure(fig, folder, f"variance_{task}", caption=(
+            f"Where the uncertainty of a final score on {task} comes from: for each release "
+            f"and adversary, the shares of one cell's score variance across bases (pre-training "
+            f"runs), across attack seeds, their interaction (and noise), and the eval items' "
+            f"binomial variance p(1-p)/n; beside each bar, the standard error of the mean score "
+            f"at this run's design. A large base share means more bases, not more seeds, narrow "
+            f"the intervals. Up to {_count(int(n.n_bases), 'base')} x "
+            f"{_count(int(n.n_seeds), 'seed')}; *: one base, where base variance cannot be told "
+            f"from seed variance; an empty bar: no variance at all (every score equal)."))
     return paths
 
 
 def plot_effort(results: pd.DataFrame, folder: Path) -> list[Path]:
-    """(e) Best attack so far against trials and against compute (sweep adversaries)."""
+    """(f) Best attack so far against trials and against compute (sweep adversaries)."""
     e = results[results.metric == "effort_best"]
     if e.empty:
         return []
-    palette = colors(results)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    style = release_styles(results)
+    fig, axes = figure_grid(2)
     for (release, adversary, task), g in e.groupby(["release", "adversary", "task"]):
         mean = g.groupby("trial").agg(value=("value", "mean"), flops=("flops", "mean"))
-        style = "--" if release == SCRATCH else "-"
         label = f"{release} ({adversary}, {task})"
-        axes[0].plot(mean.index, mean.value, style, marker="o", color=palette[release],
-                     label=label)
-        axes[1].plot(mean.flops, mean.value, style, marker="o", color=palette[release])
+        axes[0].plot(mean.index, mean.value, **style[release].line(), label=label)
+        axes[1].plot(mean.flops, mean.value, **style[release].line())
     axes[0].set_xlabel("trials")
     axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[1].set_xlabel("training FLOPs spent on all trials")
@@ -669,8 +949,7 @@ def plot_effort(results: pd.DataFrame, folder: Path) -> list[Path]:
     axes[0].set_ylabel("score of the best attack so far")
     for ax in axes:
         ax.grid(alpha=0.3)
-    legend_beside(axes)
-    fig.suptitle("Attacker effort (sweep adversaries; mean over seeds)", fontsize=10)
+    legend_below(fig, axes)
     return save_figure(fig, folder, "effort", caption=(
         "Attacker effort: the score of the best attack found so far by each sweep adversary, "
         "against the number of trials (left) and the training FLOPs spent on all of them "
@@ -784,21 +1063,34 @@ def latex_escape(text: str) -> str:
     return "".join(out)
 
 
+def pdf_width_in(path: Path) -> float:
+    """The printed width of a one-page PDF, in inches (from its MediaBox)."""
+    box = re.search(rb"/MediaBox\s*\[\s*([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)",
+                    path.read_bytes())
+    return (float(box.group(3)) - float(box.group(1))) / 72 if box else DOUBLE_COLUMN_IN
+
+
 def write_figures_tex(folder: Path) -> Path:
-    """``figures.tex``: a ``figure`` environment per figure that has a caption file, its PDF
-    at column width, the caption and a label ``fig:<name>``; ``\\input`` it beside the PDFs
-    (needs graphicx; the tables are in leaderboard.tex, booktabs)."""
+    """``figures.tex``: a figure environment per figure that has a caption file (``figure``
+    for a single-column PDF, ``figure*`` spanning both columns for a double-column one), its
+    PDF at the column's or the page's width, the caption and a label ``fig:<name>``;
+    ``\\input`` it beside the PDFs (needs graphicx; the tables are in leaderboard.tex,
+    booktabs)."""
     blocks = ["% nftbench report figures: \\input{figures.tex} from the report folder "
               "(needs \\usepackage{graphicx})"]
     for caption_file in sorted(folder.glob(f"*{CAPTION_SUFFIX}")):
         name = caption_file.name.removesuffix(CAPTION_SUFFIX)
         if not (folder / f"{name}.pdf").exists():
             continue
+        # a figure wider than one column spans both: figure* in a two-column layout
+        single = pdf_width_in(folder / f"{name}.pdf") <= SINGLE_COLUMN_IN + 0.01
+        env = "figure" if single else "figure*"
         blocks.append("\n".join([
-            "\\begin{figure}[t]", "  \\centering",
-            f"  \\includegraphics[width=\\linewidth]{{{name}.pdf}}",
+            f"\\begin{{{env}}}[t]", "  \\centering",
+            f"  \\includegraphics[width=\\{'linewidth' if single else 'textwidth'}]"
+            f"{{{name}.pdf}}",
             f"  \\caption{{{latex_escape(caption_file.read_text().strip())}}}",
-            f"  \\label{{fig:{name.replace('_', '-')}}}", "\\end{figure}"]))
+            f"  \\label{{fig:{name.replace('_', '-')}}}", f"\\end{{{env}}}"]))
     path = folder / "figures.tex"
     path.write_text("\n\n".join(blocks) + "\n")
     return path
@@ -949,8 +1241,9 @@ def _report_from(results: pd.DataFrame, manifest: dict[str, Any], folder: Path,
         steps.to_csv(folder / "rg_by_step.csv", index=False)
         paths += [folder / "rg_by_step.csv", *plot_rg_steps(steps, results, folder, cfg)]
     paths += plot_heatmap(board, folder)
-    paths += plot_pareto(board, worst, results, folder)
+    paths += plot_pareto(board, worst, results, folder, manifest, cfg)
     paths += plot_sweeps(board, manifest, folder, cfg)
+    paths += plot_variance_components(variance_components(results), results, folder)
     paths += plot_effort(results, folder)
     paths.append(write_figures_tex(folder))
     paths.append(write_index_html(folder, board, worst, f"nftbench report: {folder.parent.name}"))

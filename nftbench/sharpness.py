@@ -156,41 +156,51 @@ def plot_against_rg(table: pd.DataFrame, board: pd.DataFrame, folder: Path) -> l
     defense at the median eigenvalue over bases (the bar spans the bases' range) and its RG
     with the leaderboard's interval. If PMP's mechanism holds, sharper releases resist more
     (lower RG)."""
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from nftbench.report import legend_beside, save_figure  # (it selects the Agg backend)
+    # (nftbench.report selects the Agg backend)
+    from nftbench.report import (
+        PRINT_STYLE,
+        figure_grid,
+        legend_below,
+        release_styles,
+        save_figure,
+    )
 
-    paths = []
-    for task, t in table.groupby("task"):
-        b = board[(board.task == task) & board.rg.notna()]
-        adversaries = sorted(b.adversary.unique())
-        if not adversaries:
-            continue
-        fig, axes = plt.subplots(1, len(adversaries), figsize=(3.4 * len(adversaries), 3.3),
-                                 squeeze=False, sharey=True)
-        per = t.groupby("defense").eigenvalue.agg(["median", "min", "max"])
-        for ax, adversary in zip(axes[0], adversaries, strict=True):
-            rows = b[b.adversary == adversary].set_index("defense")
-            for i, defense in enumerate(per.index):
-                if defense not in rows.index:
-                    continue
-                e, r = per.loc[defense], rows.loc[defense]
-                ax.errorbar(e["median"], r.rg, xerr=[[e["median"] - max(e["min"], 1e-9)],
-                                                     [e["max"] - e["median"]]],
-                            yerr=[[r.rg - r.rg_ci_low], [r.rg_ci_high - r.rg]], fmt="o",
-                            color=f"C{i}", label=defense, capsize=2, markersize=4)
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.axhline(1.0, color="0.7", linewidth=0.8)
-            ax.axhline(0.0, color="0.7", linewidth=0.8)
-            ax.set_title(adversary, fontsize=9)
-            ax.set_xlabel("top Hessian eigenvalue at release")
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel(f"RG final on {task}")
-        legend_beside(axes[0])
-        fig.suptitle(f"{task}: sharpness of the release against resistance\n(eigenvalue: "
-                     f"median and range over {t.base.nunique()} bases; RG: mean and 95% CI)",
-                     fontsize=10)
-        paths += save_figure(fig, Path(folder), f"sharpness_vs_rg_{task}")
-    return paths
+    with matplotlib.rc_context(PRINT_STYLE):  # the report's print fonts and sizes
+        paths = []
+        for task, t in table.groupby("task"):
+            b = board[(board.task == task) & board.rg.notna()]
+            adversaries = sorted(b.adversary.unique())
+            if not adversaries:
+                continue
+            fig, axes = figure_grid(len(adversaries), height=2.2)
+            per = t.groupby("defense").eigenvalue.agg(["median", "min", "max"])
+            style = release_styles(b.rename(columns={"defense": "release"}))
+            for ax, adversary in zip(axes, adversaries, strict=True):
+                rows = b[b.adversary == adversary].set_index("defense")
+                for defense in per.index:
+                    if defense not in rows.index:
+                        continue
+                    e, r = per.loc[defense], rows.loc[defense]
+                    ax.errorbar(e["median"], r.rg, xerr=[[e["median"] - max(e["min"], 1e-9)],
+                                                         [e["max"] - e["median"]]],
+                                yerr=[[r.rg - r.rg_ci_low], [r.rg_ci_high - r.rg]],
+                                color=style[defense].color, marker=style[defense].marker,
+                                linestyle="none", label=defense, capsize=2, markersize=4)
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                ax.axhline(1.0, color="0.7", linewidth=0.8)
+                ax.axhline(0.0, color="0.7", linewidth=0.8)
+                ax.set_title(adversary)
+                ax.grid(alpha=0.3)
+            fig.supxlabel("top Hessian eigenvalue at release (log)", fontsize=8)
+            axes[0].set_ylabel(f"RG final on {task}")
+            legend_below(fig, axes)
+            paths += save_figure(fig, Path(folder), f"sharpness_vs_rg_{task}", caption=(
+                f"Sharpness of each release against its resistance on {task}: the top Hessian "
+                f"eigenvalue of the release's answer loss (median over {t.base.nunique()} bases, "
+                f"the bar spans their range) against RG final (mean and 95% interval), one panel "
+                f"per adversary. If PMP's mechanism holds, sharper releases resist more (lower "
+                f"RG)."))
+        return paths

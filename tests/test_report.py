@@ -15,7 +15,17 @@ import pytest
 from nftbench.cli import main
 from nftbench.metrics import area_under_curve, cell_table, relative_gain, steps_ratio
 from nftbench.records import RESULT_COLUMNS, row
-from nftbench.report import ReportConfig, authorized_table, leaderboard, rg_table, worst_case
+from nftbench.report import (
+    RG_LIMITS,
+    ReportConfig,
+    authorized_table,
+    leaderboard,
+    pdf_width_in,
+    plot_sweeps,
+    rg_table,
+    save_figure,
+    worst_case,
+)
 
 STEPS = [0, 10, 20]
 
@@ -147,7 +157,8 @@ def test_report_writes_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     report = tmp_path / "report"
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "worst_case.csv"):
         assert (report / name).stat().st_size > 0
-    for fig in ("curves_qa", "curves_qb", "heatmap_rg", "pareto", "sweep_def_s", "effort"):
+    for fig in ("curves_qa", "curves_qb", "rg_steps_qa", "heatmap_rg", "pareto",
+                "sweep_def_s_qa", "variance_qa", "effort"):
         for ext in ("png", "pdf"):
             assert (report / f"{fig}.{ext}").stat().st_size > 1000, fig
     md = (report / "leaderboard.md").read_text()
@@ -156,26 +167,33 @@ def test_report_writes_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert r"\toprule" in tex and r"\bottomrule" in tex
     assert main(["report", str(tmp_path / "nope")]) == 2
     check_print_ready(report)
-    assert {"curves_qa", "pareto", "sweep_def_s", "effort"} <= set(overlaps)
+    assert {"curves_qa", "pareto", "sweep_def_s_qa", "variance_qa", "effort"} <= set(overlaps)
     assert not any(overlaps.values()), overlaps
 
 
 def check_print_ready(report: Path) -> None:
-    """Every PDF embeds TrueType (Type 42) fonts and no Type 3 font; every figure has a
-    caption; figures.tex holds one well-formed figure per captioned PDF; index.html carries the
-    leaderboard's rows and every figure inline, and loads nothing from outside."""
+    """Every PDF embeds TrueType (Type 42) fonts and no Type 3 font and is one column or two
+    wide; every figure has a caption; figures.tex holds one well-formed figure per captioned
+    PDF; index.html carries the leaderboard's rows and every figure inline, and loads nothing
+    from outside."""
     pdfs = sorted(report.glob("*.pdf"))
     assert pdfs
     for pdf in pdfs:
         raw = pdf.read_bytes()
         assert b"/Type3" not in raw, pdf.name
         assert b"/TrueType" in raw or b"/CIDFontType2" in raw, pdf.name
+        assert pdf_width_in(pdf) in (pytest.approx(3.25), pytest.approx(6.75)), pdf.name
         caption = report / f"{pdf.stem}.caption.txt"
         assert len(caption.read_text().split()) > 10, pdf.name
     tex = (report / "figures.tex").read_text()
     body = re.sub(r"\\[{}%&$#_]", "", tex)  # escaped specials are not structure
     assert body.count("{") == body.count("}")
-    assert tex.count(r"\begin{figure}") == tex.count(r"\end{figure}") == len(pdfs)
+    opened = re.findall(r"\\begin\{(figure\*?)\}", tex)
+    assert opened == re.findall(r"\\end\{(figure\*?)\}", tex) and len(opened) == len(pdfs)
+    for pdf in pdfs:  # a double-column figure spans the page (figure*), a single one does not
+        env = "figure" if pdf_width_in(pdf) < 4 else "figure*"
+        assert re.search(rf"\\begin\{{{re.escape(env)}\}}\[t\]\s*\\centering\s*"
+                         rf"\\includegraphics\[[^]]*\]\{{{re.escape(pdf.name)}\}}", tex), pdf
     included = re.findall(r"\\includegraphics\[[^]]*\]\{([^}]*)\}", tex)
     assert sorted(included) == [p.name for p in pdfs]
     labels = re.findall(r"\\label\{([^}]*)\}", tex)
@@ -294,3 +312,62 @@ def test_a_report_of_two_runs_is_the_report_of_one_run_holding_both(
         combine_runs([a, other_world])
     assert main(["report", str(a), str(other_world), "-o", str(tmp_path / "x")]) == 2
     assert main(["report", str(a), str(b)]) == 2  # several runs need -o
+
+
+def test_a_sweep_line_joins_only_one_variant_family(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Variants sharing the swept value but differing in another parameter are two lines, never
+    one zig-zag; an outlier is drawn at the axis' edge with its value, not allowed to set it."""
+    from nftbench import report as report_module
+
+    figures = {}
+
+    def keep(fig, folder, name, *args, **kwargs):
+        fig.canvas.draw()
+        figures[name] = [(ax.get_title(), line.get_gid(), line.get_xydata().copy())
+                         for ax in fig.axes
+                         for line in ax.get_lines()  # the data lines, not the bars' caps
+                         if line.get_gid() and line.get_linestyle() not in ("None", "")]
+        figures[name + " ylim"] = [ax.get_ylim() for ax in fig.axes[:-1]]
+        figures[name + " texts"] = [t.get_text() for ax in fig.axes for t in ax.texts]
+        return save_figure(fig, folder, name, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "save_figure", keep)
+    rg = {("frozen", 0.5): 0.2, ("frozen", 0.9): 0.4, ("projected", 0.5): 0.9,
+          ("projected", 0.9): 4.2}  # 4.2: a small denominator's outlier
+    variants, rows = {}, []
+    for (complement, rho), value in rg.items():
+        label = f"pmp[complement={complement},rho={rho}]"
+        variants[label] = {"plugin": "pmp", "params": {"rho": rho, "complement": complement}}
+        for adversary in ("full_ft", "lora"):
+            rows.append({"defense": label, "adversary": adversary, "task": "qa", "rg": value,
+                         "rg_ci_low": value - 0.1, "rg_ci_high": value + 0.1,
+                         "utility_retention": 1 - rho / 2, "utility_ci_low": 0.5 - rho / 2,
+                         "utility_ci_high": 1.0, "n_bases": 3, "n_seeds": 2})
+    paths = plot_sweeps(pd.DataFrame(rows), {"variants": {"defenses": variants}}, tmp_path)
+    assert tmp_path / "sweep_pmp_rho_qa.pdf" in paths
+    lines = figures["sweep_pmp_rho_qa"]
+    assert len(lines) == 2 * 3  # two families on two adversary panels and the utility panel
+    assert sorted({panel for panel, _, _ in lines}) == ["full_ft", "lora", "utility retention"]
+    for panel, family, xy in lines:
+        complement = family.removeprefix("complement=")
+        assert complement in ("frozen", "projected")
+        assert np.all(np.diff(xy[:, 0]) > 0) and len(xy) == 2  # one point per rho, in order
+        if panel != "utility retention":  # the family's own RGs, the outlier at the edge
+            expected = [min(rg[(complement, rho)], RG_LIMITS[1]) for rho in (0.5, 0.9)]
+            assert xy[:, 1].tolist() == pytest.approx(expected)
+    assert all(lim == pytest.approx(RG_LIMITS) for lim in figures["sweep_pmp_rho_qa ylim"])
+    assert "4.2" in figures["sweep_pmp_rho_qa texts"]  # the clipped value is written beside
+
+
+def test_a_figure_that_would_not_print_is_refused(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))  # neither column
+    with pytest.raises(ValueError, match="neither column"):
+        save_figure(fig, tmp_path, "wide")
+    fig, ax = plt.subplots(figsize=(3.25, 2.5))
+    ax.set_title("tiny", fontsize=6)
+    with pytest.raises(ValueError, match="'tiny' at 6 pt"):
+        save_figure(fig, tmp_path, "small")
+    assert not list(tmp_path.iterdir())

@@ -99,7 +99,8 @@ def test_sharpness_against_rg_figure(tmp_path) -> None:
                           "rg_ci_low": [1.0, 0.1, float("nan")],
                           "rg_ci_high": [1.0, 0.7, float("nan")]})
     paths = plot_against_rg(table, board, tmp_path)
-    assert [p.name for p in paths] == ["sharpness_vs_rg_qa.png", "sharpness_vs_rg_qa.pdf"]
+    assert [p.name for p in paths] == ["sharpness_vs_rg_qa.png", "sharpness_vs_rg_qa.pdf",
+                                       "sharpness_vs_rg_qa.caption.txt"]
     assert all(p.stat().st_size > 0 for p in paths)
 
 
