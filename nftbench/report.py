@@ -363,7 +363,7 @@ PANEL_HEIGHT_IN = 1.7
 RG_LIMITS = (-0.5, 1.5)
 #: learning curves draw their confidence bands up to this many releases a panel; beyond it the
 #: overlapping bands hide the lines (the caption says so; intervals stay in the tables)
-BAND_MAX_RELEASES = 4
+BAND_MAX_RELEASES = 5
 LINESTYLES = ["-", "--", "-.", ":"]
 
 
