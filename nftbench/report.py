@@ -47,9 +47,8 @@ from nftbench.metrics import (
 )
 from nftbench.records import CAPABILITY_AFTER, NONE, SCRATCH
 
-# Okabe-Ito: distinguishable with every common colour-vision deficiency
-# Okabe-Ito (colour-blind safe) first, then distinct tab10 hues: a matrix of up to 13 releases
-# never repeats a colour
+# Okabe-Ito (distinguishable with every common colour-vision deficiency) first, then distinct
+# tab10 hues: a matrix of up to 13 releases never repeats a colour; each also gets a marker
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
            "#000000", "#8C564B", "#9467BD", "#BCBD22", "#17BECF", "#E377C2"]
 SCRATCH_COLOR = "#555555"
@@ -496,7 +495,7 @@ def save_figure(fig: plt.Figure, folder: Path, name: str,
     out = [folder / f"{name}.png", folder / f"{name}.pdf"]
     with plt.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
         fig.savefig(out[0], dpi=200)
-        fig.savefig(out[1])
+        fig.savefig(out[1], metadata={"CreationDate": None})  # the same figure, the same bytes
     plt.close(fig)
     if caption:
         out.append(folder / f"{name}{CAPTION_SUFFIX}")
