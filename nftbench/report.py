@@ -399,15 +399,15 @@ def release_styles(results: pd.DataFrame) -> dict[str, Style]:
 
 
 def figure_grid(n: int, width: float | None = None, height: float = PANEL_HEIGHT_IN,
-                sharey: bool = True, sharex: bool = False) -> tuple[plt.Figure, list[Any]]:
+                sharey: bool = True) -> tuple[plt.Figure, list[Any]]:
     """A figure of ``n`` panels at a printed column width (single for one panel, double
     otherwise), at most :data:`PANEL_COLUMNS` a row, laid out by matplotlib's constrained
     layout so that nothing is cropped at save time; unused cells hidden."""
     width = width or (SINGLE_COLUMN_IN if n == 1 else DOUBLE_COLUMN_IN)
     cols = max(1, min(n, PANEL_COLUMNS if width == DOUBLE_COLUMN_IN else 2))
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, squeeze=False, sharey=sharey, sharex=sharex,
-                             layout="constrained", figsize=(width, height * rows + 0.5))
+    fig, axes = plt.subplots(rows, cols, squeeze=False, sharey=sharey, layout="constrained",
+                             figsize=(width, height * rows + 0.5))
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -646,10 +646,10 @@ def plot_rg_steps(table: pd.DataFrame, results: pd.DataFrame, folder: Path,
             f"against the attack's {X_AXES[cfg.x_axis]}, one panel per adversary, one line per "
             f"defense. The dotted line at 0.5 is where the attacker has recovered half of what "
             f"pre-training gives; a tick on it marks the first budget point where a defense's "
-            f"mean has reached it (none: it held for the whole attack). Means over up to "
+            f"mean has reached it (no tick: it held for the whole attack). Means over up to "
             f"{units}; {band_text}. A mean beyond the axis is drawn at its edge as an arrow "
-            f"head with its value; points where RG is undefined (undefended and scratch too "
-            f"close) are omitted."))
+            f"head, the most extreme of each run with its value; points where RG is undefined "
+            f"(undefended and scratch too close) are omitted."))
     return paths
 
 
@@ -724,8 +724,7 @@ def plot_heatmap(board: pd.DataFrame, folder: Path) -> list[Path]:
     for k, ax in enumerate(flat[:len(tasks)]):  # adversary names once a column, at the bottom
         if k + cols < len(tasks):
             ax.tick_params(axis="x", labelbottom=False)
-    fig.colorbar(image, ax=flat[:len(tasks)], label="RG",
-                 shrink=0.9)
+    fig.colorbar(image, ax=flat[:len(tasks)], label="RG", shrink=0.9)
     bases, seeds = int(board.n_bases.max()), int(board.n_seeds.max())
     return save_figure(fig, folder, "heatmap_rg", caption=(
         "Relative gain to scratch after the whole attack budget, defense x adversary, one "
@@ -894,7 +893,7 @@ def plot_sweeps(board: pd.DataFrame, manifest: dict[str, Any], folder: Path,
                     f"that differ only in {key}), families set side by side at each value; "
                     f"error bars are {cfg.level:.0%} intervals over bases, seeds and eval items "
                     f"(RG's clipped to [{RG_LIMITS[0]}, {RG_LIMITS[1]}]; a mean beyond is drawn "
-                    f"at the edge as an arrow head with its value). Up to "
+                    f"at the edge as an arrow head, with its value). Up to "
                     f"{_count(int(n.n_bases), 'base')} x {_count(int(n.n_seeds), 'seed')}."))
     return paths
 
