@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nftbench.checkpoint import Checkpoint
-from nftbench.data import corpus_batches, encode_examples, example_batches, pad_id
+from nftbench.data import corpus_batches, encode_examples, example_batches, mixed_batches, pad_id
 from nftbench.models import RELEASE_FILES, ModelSpec, init_model, load_release, save_release
 from nftbench.registry import ConfigT, Plugin
 from nftbench.train import ComputeConfig, OptimConfig, TrainResult, train
@@ -149,6 +149,10 @@ class AttackContext:
     authorization: Callable[[PreTrainedModel], Authorization] | None = None
     #: how training runs on the machine (the matrix's ``compute``); :meth:`finetune` uses it
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    #: the train splits of the matrix's capability tasks (label -> examples): public data an
+    #: attacker may train on besides the task, to keep the model working (``data_mix``). An
+    #: attack's key already covers them (the capability tasks' fingerprints)
+    public_examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def report(self, **values: Any) -> None:
         """Record diagnostics of this attack (JSON-serializable values)."""
@@ -169,12 +173,20 @@ class AttackContext:
     def finetune(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  examples: list[dict[str, Any]], *, steps: int, batch_size: int,
                  optim: OptimConfig, params: Sequence[Any] | None = None,
-                 grad_hook: Callable[[], None] | None = None) -> TrainResult:
-        """Fine-tune on task examples (loss on answers), scoring at every budget point."""
+                 grad_hook: Callable[[], None] | None = None,
+                 mix_in: list[dict[str, Any]] | None = None,
+                 mix_share: float = 0.0) -> TrainResult:
+        """Fine-tune on task examples (loss on answers), scoring at every budget point. With
+        ``mix_in``, every batch holds ``round(mix_share * batch_size)`` of those examples and
+        the rest from ``examples`` (:func:`nftbench.data.mixed_batches`)."""
         torch.manual_seed(self.seed)
         pad = pad_id(tokenizer)
-        batches = example_batches(encode_examples(examples, tokenizer), batch_size, self.seed,
-                                  pad)
+        encoded = encode_examples(examples, tokenizer)
+        if mix_in:
+            batches = mixed_batches(encoded, encode_examples(mix_in, tokenizer), batch_size,
+                                    mix_share, self.seed, pad)
+        else:
+            batches = example_batches(encoded, batch_size, self.seed, pad)
         after_step = None
         if self.authorization is not None:
             owner = self.authorization(model)

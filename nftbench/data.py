@@ -116,6 +116,31 @@ def example_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int,
             yield pad_rows([encoded[j] for j in order[i:i + batch_size]], pad_id)
 
 
+def mixed_batches(encoded: list[tuple[list[int], list[int]]],
+                  mix_in: list[tuple[list[int], list[int]]], batch_size: int, share: float,
+                  seed: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of ``batch_size`` rows of which ``round(share * batch_size)`` come from
+    ``mix_in`` and the rest from ``encoded``: a fixed mixture in every step, not only on
+    average. Each source is its own stream, reshuffled every pass over it."""
+    if not encoded or not mix_in:
+        raise ValueError("mixing needs examples in both sources")
+    k = round(share * batch_size)
+    if not 0 < k < batch_size:
+        raise ValueError(f"a share of {share} leaves {k} of {batch_size} rows to mix in: "
+                         "it must leave at least one row to each source")
+
+    def stream(rows: list[tuple[list[int], list[int]]], gen: torch.Generator):
+        while True:
+            for i in torch.randperm(len(rows), generator=gen).tolist():
+                yield rows[i]
+
+    gen = torch.Generator().manual_seed(seed)
+    main, extra = stream(encoded, gen), stream(mix_in, gen)
+    while True:
+        rows = [next(main) for _ in range(batch_size - k)] + [next(extra) for _ in range(k)]
+        yield pad_rows(rows, pad_id)
+
+
 def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """One right-padded batch of encoded (input ids, labels) rows."""
     width = max(len(ids) for ids, _ in rows)

@@ -712,9 +712,12 @@ def plot_heatmap(board: pd.DataFrame, folder: Path) -> list[Path]:
             for j in range(len(adversaries)):
                 v, lo, hi = grid.iloc[i, j], low.iloc[i, j], high.iloc[i, j]
                 color = "white" if not np.isnan(v) and v < 0.7 else "black"
+                # an interval without width at two decimals (none's RG is 1 by definition)
+                # says nothing: the value alone
+                bare = np.isnan(lo) or f"{lo:.2f}" == f"{hi:.2f}" == f"{v:.2f}"
                 ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center",
-                        va="bottom" if not np.isnan(lo) else "center", fontsize=8, color=color)
-                if not (np.isnan(v) or np.isnan(lo)):  # the interval, small, under the value
+                        va="center" if bare else "bottom", fontsize=8, color=color)
+                if not (np.isnan(v) or bare):  # the interval, small, under the value
                     ax.text(j, i, _interval_text(lo, hi, cell), ha="center", va="top",
                             fontsize=MIN_FONT_PT, color=color)
         ax.set_xticks(range(len(adversaries)), adversaries, rotation=rotation)
@@ -731,7 +734,8 @@ def plot_heatmap(board: pd.DataFrame, folder: Path) -> list[Path]:
         "panel per restricted task (1: the defense took nothing away; 0: the attacker gained no "
         f"more than from scratch; n/a: undefined). Means over up to {_count(bases, 'base')} x "
         f"{_count(seeds, 'seed')}, each with its interval over bases, seeds and eval items "
-        "under it."))
+        "under it (a value alone: its interval has no width at two decimals, as none's RG, "
+        "1 by definition)."))
 
 
 def plot_pareto(board: pd.DataFrame, worst: pd.DataFrame, results: pd.DataFrame,

@@ -301,7 +301,10 @@ class StageWorker:
                 evaluate_capability=self.capability_evaluator(),
                 budget_points=functools.partial(budget_points, points),
                 progress=self.progress, authorization=owner, compute=self.cfg.compute,
-                desc=f"{who}{adversary.label}/{task}/s{a['seed']}")
+                desc=f"{who}{adversary.label}/{task}/s{a['seed']}",
+                public_examples={t.label: self.train_examples(t.label)
+                                 for t in self.matrix.capability_tasks
+                                 if "train" in t.plugin.splits})
             torch.manual_seed(a["seed"])
             result = adversary.plugin.attack(release, self.train_examples(task), ctx)
             diagnostics = dict(ctx.diagnostics)

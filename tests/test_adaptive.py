@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from nftbench.adversaries.adaptive import (
 )
 from nftbench.api import AttackContext, Defense, DefenseContext, Release
 from nftbench.cli import main
+from nftbench.data import mixed_batches
 from nftbench.masks import MASK_FILE, global_topk, load_mask, mask_iou, save_mask
 from nftbench.masks import attack_diagnostics as mask_attack_diagnostics
 from nftbench.models import ModelSpec, TinyLlamaConfig, init_model, save_release, train_tokenizer
@@ -256,3 +258,54 @@ def test_paper_attack_presets() -> None:
             qi.weight_decay) == ("adamw", 2e-5, 1000, 64, "cosine", 100, 0.01)
     grid = ADVERSARIES.get("qi_lr_grid")
     assert [t.config.lr for t in grid(grid.Config()).trials(0)] == [3e-5, 6e-5, 8e-5]
+
+
+def test_mixed_batches_hold_the_share_in_every_batch() -> None:
+    task = [([1, 1], [1, 1])] * 3 + [([1, 1, 1], [1, 1, 1])] * 2  # 5 rows of token 1
+    public = [([2, 2], [2, 2])] * 7  # 7 rows of token 2
+    batches = mixed_batches(task, public, batch_size=8, share=0.25, seed=0, pad_id=0)
+    seen = []
+    for _ in range(10):
+        ids = next(batches)["input_ids"]
+        assert ids.shape[0] == 8
+        first = ids[:, 0].tolist()
+        assert first.count(2) == 2 and first.count(1) == 6  # round(0.25 * 8) mixed in
+        seen += (ids[ids[:, 0] == 1] != 0).sum(dim=1).tolist()  # lengths of the task rows
+    # every pass over the task split shows each row once: the 3s appear 2 / 5 of the time
+    assert seen.count(3) == 2 * len(seen) // 5
+    with pytest.raises(ValueError, match="at least one row"):
+        next(mixed_batches(task, public, batch_size=4, share=0.1, seed=0, pad_id=0))
+    with pytest.raises(ValueError, match="both sources"):
+        next(mixed_batches(task, [], batch_size=4, share=0.5, seed=0, pad_id=0))
+
+
+def test_data_mix_trains_on_the_capability_splits(tiny_raw: dict[str, Any],
+                                                 tmp_path: Path) -> None:
+    tiny_raw["tasks"] = ["recall_city", "recall_food", "qa_city"]
+    tiny_raw["adversaries"] = [
+        {"name": "data_mix", "params": {"steps": 2, "batch_size": 4}},
+        {"name": "data_mix", "label": "mix_food", "params": {"steps": 2, "batch_size": 4,
+                                                             "share": 0.25,
+                                                             "tasks": ["recall_food"]}},
+        {"name": "data_mix", "label": "mix_nothing", "params": {"steps": 2, "batch_size": 4,
+                                                                "tasks": ["qa_city"]}}]
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw))
+    assert main(["run", str(path), "--quiet"]) == 3  # mix_nothing's cells fail
+    out = Path(tiny_raw["output_dir"])
+    results = pd.read_parquet(out / "results.parquet")
+    world = World(WorldConfig(n_entities=24, n_documents=400))
+    from nftbench.registry import TASKS
+
+    n_train = {t: len(TASKS.get(t)().examples("train", world)) for t in ("recall_city",
+                                                                        "recall_food")}
+    mixed = results[results.metric == "mix_examples"]
+    assert set(mixed[mixed.adversary == "data_mix"].value) == {sum(n_train.values())}
+    assert set(mixed[mixed.adversary == "mix_food"].value) == {n_train["recall_food"]}
+    assert set(results[results.metric == "mix_share"].value) == {0.5, 0.25}
+    failed = results[results.adversary == "mix_nothing"]
+    assert set(failed.status) == {"failed"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    errors = {s["error"] for s in manifest["stages"] if s["status"] == "failed"}
+    assert errors and all("['qa_city'] not among the matrix's: ['recall_city', 'recall_food']"
+                          in e for e in errors)

@@ -143,9 +143,11 @@ def test_report_writes_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     save = report_module.save_figure
     overlaps: dict[str, list[str]] = {}
+    texts: dict[str, list[str]] = {}
 
     def checked(fig, folder, name, *args, **kwargs):  # no legend over a plotted marker
         overlaps[name] = legend_overlaps(fig)
+        texts[name] = [t.get_text() for ax in fig.axes for t in ax.texts]
         return save(fig, folder, name, *args, **kwargs)
 
     monkeypatch.setattr(report_module, "save_figure", checked)
@@ -170,6 +172,12 @@ def test_report_writes_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     check_print_ready(report)
     assert {"curves_qa", "pareto", "sweep_def_s_qa", "variance_qa", "effort"} <= set(overlaps)
     assert not any(overlaps.values()), overlaps
+    # none's RG is 1 by definition: the heatmap writes it without a zero-width interval, and
+    # every other value with its interval
+    cells = texts["heatmap_rg"]
+    assert "1.00" in cells and not any(t.startswith("[1.00") for t in cells)
+    assert sum(t.startswith("[") for t in cells) == sum(
+        not t.startswith("[") and t not in ("1.00", "n/a") for t in cells)
 
 
 def check_print_ready(report: Path) -> None:
