@@ -27,6 +27,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.ticker
+import numpy as np
 import pandas as pd
 
 from nftbench.metrics import cell_table, crossing_step, rg_by_step
@@ -69,8 +70,11 @@ def ladder(run_dir: Path, task: str, level: float) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["adversary", "inner_total"])
 
 
-def _short(row: pd.Series) -> str:
-    return f"K {row.K} x {row.outer}" + ("" if row.bases > 1 else " (1 base)")
+def _short(row: pd.Series, most_bases: int) -> str:
+    """A release's label, with its number of bases where it has fewer than the others."""
+    n = int(row.bases)
+    return f"K {row.K} x {row.outer}" + ("" if n == most_bases else
+                                         f"\n({n} base{'s' if n > 1 else ''})")
 
 
 def plot(table: pd.DataFrame, level: float, task: str, path: Path,
@@ -86,15 +90,26 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
                        facecolors="none" if censored else "C0", edgecolors="C0",
                        label="held for the whole attack (censored)" if censored
                        else f"RG reached {level:g}")
-        for i, (_, r) in enumerate(t.iterrows()):  # alternate right and left: neighbours
-            right = i % 2 == 0  # in budget do not overlap
-            ax.annotate(_short(r), (r.inner_total, r[col]), fontsize=7,
-                        xytext=(6 if right else -6, 4), textcoords="offset points",
-                        ha="left" if right else "right")
+        # a label right of its point and above it; two points within half a decade of each
+        # other at about the same attack length get theirs centred, the upper (or the right,
+        # at equal lengths) above and the other below, so that no two labels meet
+        span = 1.15 * budgets[adversary]
+        points = list(zip(t.inner_total, t[col], strict=True))
+        for x, y, (_, r) in zip(t.inner_total, t[col], t.iterrows(), strict=True):
+            partners = [(x2, y2) for x2, y2 in points if (x2, y2) != (x, y)
+                        and abs(np.log10(x2 / x)) <= 0.5 and abs(y2 - y) < 0.15 * span]
+            if not partners:
+                offset, ha, va = (5, 3), "left", "bottom"
+            elif all(y > y2 or (y == y2 and x > x2) for x2, y2 in partners):
+                offset, ha, va = (0, 6), "center", "bottom"
+            else:
+                offset, ha, va = (0, -6), "center", "top"
+            ax.annotate(_short(r, int(table.bases.max())), (x, y), fontsize=7,
+                        xytext=offset, textcoords="offset points", ha=ha, va=va)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         lo, hi = t.inner_total.min(), t.inner_total.max()
-        ax.set_xlim(lo / 2, hi * 3)
+        ax.set_xlim(lo / 2, hi * 12)  # room for the last point's label, right of it
         ax.set_ylim(-0.05 * budgets[adversary], 1.15 * budgets[adversary])
         ax.axhline(budgets[adversary], color="0.6", linestyle=":", linewidth=1)
         ax.set_xlabel("suppression budget (K x outer steps)")
@@ -107,7 +122,7 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
         f"(K inner steps x outer steps), the first attack budget point where mean RG reaches "
         f"{level:g} (filled), or the attack's whole budget when it never does (open: censored, "
         f"the defense held). Means over up to {table.bases.max()} bases x {table.seeds.max()} "
-        f"attack seeds; a release on one base is marked."))
+        f"attack seeds; a release on fewer bases says how many."))
 
 
 def main() -> None:
