@@ -182,8 +182,12 @@ class RayExecutor:
         # the driver's OpenMP wait policy, also for actors on a cluster that did not inherit
         # this process's environment (nftbench/threads.py)
         policy = {v: os.environ[v] for v in (*POLICY_VARIABLES, MARKER) if v in os.environ}
+        # Ray starts workers at niceness 15 so that its own daemons keep the CPU; a stage actor
+        # is the compute and runs at the niceness of everything else (as a pool worker does):
+        # at 15, any busy process on the machine starved it for minutes
+        env = {**policy, "RAY_worker_niceness": "0"}
         self._actor_cls = ray.remote(num_cpus=reserve, num_gpus=1 if gpus else 0,
-                                     runtime_env={"env_vars": policy})(StageActor)
+                                     runtime_env={"env_vars": env})(StageActor)
         self._spec = spec
         self._actors = [self._actor_cls.remote(spec) for _ in range(self.slots)]
         self._busy: dict[int, cf.Future[StageLog]] = {}

@@ -67,6 +67,7 @@ class StageLog:
     dispatch_s: float | None = None  # driver's submit-to-result time minus the worker's time
     threads: int | None = None  # torch threads the stage ran with
     wait_policy: dict[str, Any] | None = None  # the worker's OpenMP wait policy and runtime
+    nice: int | None = None  # the worker's niceness (a niced worker yields to busy processes)
     # when it was computed (kept in the store): its peak memory (CUDA allocated, or resident on
     # Linux) and the resident memory it started with (the process's own)
     peak_mem_mb: float | None = None

@@ -180,6 +180,7 @@ class StageWorker:
         result.started, result.finished = started, time.time()
         result.threads = torch.get_num_threads()
         result.wait_policy = self.wait_policy
+        result.nice = os.nice(0)
         if not result.cached:
             return_memory(self.cfg.model.torch_device())
         return result

@@ -321,6 +321,7 @@ def test_process_pool_gives_the_sequential_table(tiny_raw: dict[str, Any], tmp_p
     assert not any(s["cached"] for s in m["stages"])
     assert ran_with(pooled) == {2}
     assert wait_policies(pooled) == {("nftbench", WAIT_POLICY["GOMP_SPINCOUNT"], True)}
+    assert {s["nice"] for s in m["stages"]} == {os.nice(0)}
     pd.testing.assert_frame_equal(results(raw), results(pooled))
     # ... and keep the user's own
     monkeypatch.setenv("GOMP_SPINCOUNT", "500")
@@ -348,6 +349,8 @@ def test_ray_executor_runs_a_small_matrix_on_a_local_instance(tiny_raw: dict[str
     assert proc.pid not in pids and len(pids) >= 1  # every stage ran in an actor
     assert ran_with(on_ray) == {2}
     assert wait_policies(on_ray) == {("nftbench", WAIT_POLICY["GOMP_SPINCOUNT"], True)}
+    # at Ray's default niceness (15) any busy process on the machine starved the actors
+    assert {s["nice"] for s in m["stages"]} == {os.nice(0)}
     pd.testing.assert_frame_equal(results(raw), results(on_ray))
 
 
