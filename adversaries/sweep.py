@@ -109,14 +109,20 @@ def answer_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str,
 class Sweep(Adversary[SweepConfigT]):
     """The best attack over a hyperparameter grid, with the attacker-effort curve."""
 
-    def trials(self, seed: int) -> list[Adversary]:
+    def points(self, seed: int) -> list[dict[str, Any]]:
+        """The grid points this cell tries, in order, each as the parameters it sets (a
+        mapping value spread into its fields)."""
         cfg = self.config
-        cls = ADVERSARIES.get(cfg.adversary)
         points = [dict(zip(cfg.grid, values, strict=True))
                   for values in itertools.product(*cfg.grid.values())]
         if cfg.max_trials and cfg.max_trials < len(points):
             points = random.Random(seed).sample(points, cfg.max_trials)
-        return [cls(cls.Config(**trial_params(cfg.params, point))) for point in points]
+        return [trial_params({}, point) for point in points]
+
+    def trials(self, seed: int) -> list[Adversary]:
+        cls = ADVERSARIES.get(self.config.adversary)
+        return [cls(cls.Config(**trial_params(self.config.params, point)))
+                for point in self.points(seed)]
 
     def attack(self, release: Release, examples: list[dict[str, Any]],
                ctx: AttackContext) -> TrainResult:
@@ -136,7 +142,9 @@ class Sweep(Adversary[SweepConfigT]):
 
         best: tuple[float, TrainResult] | None = None
         best_score = float("nan")  # eval score of the trial selected so far
+        selected = 0
         effort, tokens, flops = [], 0, 0.0
+        points = self.points(ctx.seed)
         for i, trial in enumerate(self.trials(ctx.seed), start=1):
             trial_ctx = replace(ctx, evaluate=evaluate, diagnostics={}, outputs={},
                                 desc=f"{ctx.desc} trial {i}")
@@ -149,10 +157,11 @@ class Sweep(Adversary[SweepConfigT]):
                      else score if final else float("-inf"))
             if best is None or merit > best[0]:
                 best = (merit, result)
-                best_score = score
-            effort.append({"trial": i, "params": trial.config.model_dump(mode="json"),
+                best_score, selected = score, i
+            effort.append({"trial": i, "point": points[i - 1],
+                           "params": trial.config.model_dump(mode="json"),
                            "score": score, "diverged": result.diverged, "tokens": tokens,
                            "flops": flops, "best_score": best_score})
         assert best is not None  # the grid is never empty
-        ctx.report(effort=effort, trials=len(effort))
+        ctx.report(effort=effort, trials=len(effort), selected_trial=selected)
         return best[1]

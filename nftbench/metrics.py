@@ -664,3 +664,43 @@ def variance_components(results: pd.DataFrame, value: str = "sT") -> pd.DataFram
                      "se_mean": float(np.sqrt(comp["mean"]
                                               + _grid_item_variance(g, grid.index, value)))})
     return pd.DataFrame(rows)
+
+
+def sweep_trials(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Every trial of every sweep adversary, one row per (defense, adversary, task, trial): the
+    grid point it tried, its final eval score (mean over bases and seeds, and the lowest and
+    highest cell), its RG computed as for a whole attack (each trial is the same recipe on
+    every release, so it pairs like one), how many of its cells diverged, and in how many cells
+    the sweep selected it. The RG interval leaves out the eval items' variance: a trial keeps
+    only its score, not its items' outcomes."""
+    t = results[(results.metric == "trial_score") & ~results.authorized.astype(bool)]
+    if t.empty:
+        return pd.DataFrame()
+    chosen = results[results.metric == "selected_trial"]
+    rows = []
+    for (adversary, task), g in t.groupby(["adversary", "task"]):
+        picked = chosen[(chosen.adversary == adversary) & (chosen.task == task)]
+        releases = list(dict.fromkeys(g.release))
+        for trial, tg in g.groupby("trial"):
+            cells = tg.assign(sT=tg.value.astype(float), status="ok",
+                              base=tg.base.fillna(NO_BASE))
+            cells = cells[cells.sT.notna()]  # a diverged trial has no final score
+            for release in releases:
+                rc = tg[tg.release == release]
+                scores = rc.value.astype(float)
+                est = (relative_gain(cells, release, adversary, task, level=level)
+                       if release not in (NONE, SCRATCH) else None)
+                rows.append({
+                    "defense": release, "adversary": adversary, "task": task,
+                    "trial": int(trial), "params": rc.params.dropna().iloc[0]
+                    if rc.params.notna().any() else None,
+                    "score": scores.mean(), "score_min": scores.min(),
+                    "score_max": scores.max(), "n_cells": len(rc),
+                    "n_diverged": int(scores.isna().sum()),
+                    "n_selected": int((picked[picked.release == release].value
+                                       == trial).sum()),
+                    "rg": (np.nan if est is None or est.undefined else est.mean),
+                    "rg_ci_low": np.nan if est is None else est.ci_low,
+                    "rg_ci_high": np.nan if est is None else est.ci_high,
+                    "rg_undefined": None if est is None else est.undefined})
+    return pd.DataFrame(rows)

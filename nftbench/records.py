@@ -11,6 +11,7 @@ them, and nothing here imports either.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ CAPABILITY_AFTER = "capability_after/"  # metric prefix: capability of an attack
 
 RESULT_COLUMNS = ["release", "base", "adversary", "task", "role", "seed", "step", "tokens",
                   "flops", "wall_s", "peak_mem_mb", "metric", "value", "status", "authorized",
-                  "trial", "reason", "n_items", "items"]
+                  "trial", "params", "reason", "n_items", "items"]
 RESULT_DTYPES = {"base": "Int64", "seed": "Int64", "step": "Int64", "tokens": "Int64",
                  "trial": "Int64", "n_items": "Int64"}
 
@@ -87,14 +88,18 @@ class RunOutcome:
 
 def read_results(path: str | Path) -> pd.DataFrame:
     """A run's ``results.csv`` (or ``.parquet``) with the types the engine gave it (the items'
-    outcomes stay strings: ``0110`` is not the number 110)."""
+    outcomes stay strings: ``0110`` is not the number 110). A table written before a column
+    existed gets it, empty."""
     import pandas as pd  # here: the CLI imports this module before it needs pandas
 
     path = Path(path)
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path, dtype={"items": "string", "reason": "string"}).astype(
-        RESULT_DTYPES)
+        frame = pd.read_parquet(path)
+    else:
+        frame = pd.read_csv(path, dtype={"items": "string", "reason": "string",
+                                         "params": "string"}).astype(RESULT_DTYPES)
+    missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
+    return frame.assign(**dict.fromkeys(missing)) if missing else frame
 
 
 def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -128,9 +133,11 @@ def curve_rows(curve: dict[str, Any], ids: dict[str, Any], task: str,
                        value=float(curve["diverged_at"]), status=status))
     last = curve["points"][-1] if curve["points"] else {}
     for e in curve.get("diagnostics", {}).get("effort", []):  # a sweep's attacker-effort curve
+        # the grid point a trial tried, as JSON (older entries hold only its full config)
+        params = json.dumps(e["point"], sort_keys=True) if "point" in e else None
         for metric, value in (("effort_best", e["best_score"]), ("trial_score", e["score"])):
-            out.append(row(**ids, trial=e["trial"], tokens=e["tokens"], flops=e["flops"],
-                           metric=metric, value=value, status=status))
+            out.append(row(**ids, trial=e["trial"], params=params, tokens=e["tokens"],
+                           flops=e["flops"], metric=metric, value=value, status=status))
     for cap_task, value in curve.get("diagnostics", {}).get("capability_after", {}).items():
         # the attacked model's capability: a row of the attack cell, the capability task named
         # in the metric

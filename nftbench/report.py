@@ -5,8 +5,9 @@
 ``worst_case.md`` / ``.csv``, and figures as PNG and PDF: learning curves per restricted task,
 RG against attack steps, a relative-gain heatmap, utility against resistance, a sweep figure per
 swept defense parameter, variance components, and the attacker-effort curve of sweep
-adversaries, each at a printed column width with a caption file; ``figures.tex`` and a
-self-contained ``index.html``. Every number comes from ``nftbench.metrics``.
+adversaries (with ``trials.csv``: every trial's grid point, score and RG), each at a printed
+column width with a caption file; ``figures.tex`` and a self-contained ``index.html``. Every
+number comes from ``nftbench.metrics``.
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ from nftbench.metrics import (
     rg_by_step,
     score_estimate,
     steps_ratio,
+    sweep_trials,
     utility,
     variance_components,
 )
-from nftbench.records import CAPABILITY_AFTER, NONE, SCRATCH
+from nftbench.records import CAPABILITY_AFTER, NONE, SCRATCH, read_results
 
 # Okabe-Ito (distinguishable with every common colour-vision deficiency) first, then distinct
 # tab10 hues: a matrix of up to 13 releases never repeats a colour; each also gets a marker
@@ -1025,7 +1027,7 @@ def combine_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str
         for name in ("results.parquet", "plan.json"):
             if not (run / name).exists():
                 raise FileNotFoundError(f"{run / name} not found: is {run} a run folder?")
-        results = pd.read_parquet(run / "results.parquet")
+        results = read_results(run / "results.parquet")
         idents = stage_identities(json.loads((run / "plan.json").read_text()))
         for ident, key in idents.items():
             if ident in owner and owner[ident][0] != key:
@@ -1066,7 +1068,7 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> lis
         raise FileNotFoundError(f"{results_file} not found: is {run_dir} a run folder?")
     manifest_file = run_dir / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    return report_from(pd.read_parquet(results_file), manifest, run_dir / "report", cfg)
+    return report_from(read_results(results_file), manifest, run_dir / "report", cfg)
 
 
 def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path,
@@ -1272,6 +1274,10 @@ def _report_from(results: pd.DataFrame, manifest: dict[str, Any], folder: Path,
     paths += plot_sweeps(board, manifest, folder, cfg)
     paths += plot_variance_components(variance_components(results), results, folder)
     paths += plot_effort(results, folder)
+    trials = sweep_trials(results, cfg.level)
+    if len(trials):
+        trials.to_csv(folder / "trials.csv", index=False)
+        paths.append(folder / "trials.csv")
     paths.append(write_figures_tex(folder))
     paths.append(write_index_html(folder, board, worst, f"nftbench report: {folder.parent.name}"))
     return paths

@@ -24,6 +24,7 @@ from nftbench.cli import main
 from nftbench.data import mixed_batches
 from nftbench.masks import MASK_FILE, global_topk, load_mask, mask_iou, save_mask
 from nftbench.masks import attack_diagnostics as mask_attack_diagnostics
+from nftbench.metrics import sweep_trials
 from nftbench.models import ModelSpec, TinyLlamaConfig, init_model, save_release, train_tokenizer
 from nftbench.registry import ADVERSARIES, PluginConfig, register_defense
 from nftbench.world import World, WorldConfig
@@ -192,6 +193,24 @@ def test_sweep_selects_and_records_attacker_effort(tiny_raw: dict[str, Any],
     assert effort.value.iloc[-1] == trials.value.max()  # the oracle keeps the best eval score
     final = oracle[(oracle.metric == "score")].sort_values("step").value.iloc[-1]
     assert final == trials.value.max()
+    # each trial row names its grid point, and each cell the trial it selected
+    assert [json.loads(p) for p in trials.params] == [{"lr": 1e-4}, {"lr": 1e-2}]
+    selected = oracle[oracle.metric == "selected_trial"].value.tolist()
+    assert selected == [trials.set_index("trial").value.idxmax()]  # the first best
+
+    # trials.csv: one row per release x sweep x trial, each cell's choice counted once
+    table = sweep_trials(results)
+    sweeps = {"sweep[select=validation]", "sweep[select=oracle]"}
+    cells = results[results.metric == "selected_trial"]
+    assert set(table.adversary) == sweeps and set(table.trial) == {1, 2}
+    for (release, adversary), g in table.groupby(["defense", "adversary"]):
+        mine = cells[(cells.release == release) & (cells.adversary == adversary)]
+        assert g.n_selected.sum() == len(mine) and g.n_cells.tolist() == [len(mine)] * 2
+    row = table[(table.defense == "none") & (table.adversary == "sweep[select=oracle]")
+                & (table.trial == 2)].iloc[0]
+    assert row.score == pytest.approx(trials.value.iloc[1])
+    report = Path(tiny_raw["output_dir"]) / "report" / "trials.csv"
+    assert pd.read_csv(report).shape[0] == len(table)
 
 
 def test_sweep_config_is_validated() -> None:
