@@ -5,10 +5,14 @@ suppression budget (inner steps K x outer steps, from the run's plan), RG at eve
 of the attack (``metrics.rg_by_step``, intervals over bases, seeds and eval items) and the attack
 length at which RG first reaches ``--level`` (0.5: the attacker has recovered half of what
 pre-training gives over scratch). A crossing that never happens within the attack is censored:
-the defense held for at least the whole budget. Prints the table, writes
-``RUN_DIR/report/ladder.csv`` and a figure of the crossing step against the suppression budget.
+the defense held for at least the whole budget. Prints the table, writes ``ladder.csv`` and a
+figure of the crossing step against the suppression budget (into the first run's ``report/``,
+or ``-o``). Runs or the published report folders in results/ (their plan re-made from the
+manifest):
 
     .venv/bin/python benchmarks/ladder.py runs/sophon_ladder [more runs] --task qa_color
+    .venv/bin/python benchmarks/ladder.py results/sophon results/sophon/k50 \
+        results/sophon/k50x1000 -o /tmp/ladder
 
 If the crossing step grows with the budget, "no resistance" at small budgets was a scale
 artifact; if it stays flat, that is a finding about the method.
@@ -20,7 +24,6 @@ import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before tor
 
 # isort: split
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -33,11 +36,13 @@ import pandas as pd
 from nftbench.metrics import cell_table, crossing_step, rg_by_step
 from nftbench.records import NONE, SCRATCH
 from nftbench.report import PRINT_STYLE, figure_grid, legend_below, save_figure
+from nftbench.run_folder import RunFolder
 
 
 def budgets(run_dir: Path) -> dict[str, dict[str, int]]:
-    """Defense label -> its inner steps (K), outer steps and their product, from the plan."""
-    plan = json.loads((run_dir / "plan.json").read_text())
+    """Defense label -> its inner steps (K), outer steps and their product, from the plan (a
+    published folder's is re-made from its manifest)."""
+    plan = RunFolder(run_dir).stage_plan()
     out = {}
     for job in plan["jobs"]:
         if job["kind"] != "defend":
@@ -51,7 +56,7 @@ def budgets(run_dir: Path) -> dict[str, dict[str, int]]:
 
 
 def ladder(run_dir: Path, task: str, level: float) -> pd.DataFrame:
-    cells = cell_table(pd.read_parquet(run_dir / "results.parquet"))
+    cells = cell_table(RunFolder(run_dir).read_results())
     sizes = budgets(run_dir)
     rows = []
     for (defense, adversary), _ in cells[cells.task == task].groupby(["release", "adversary"]):
@@ -128,9 +133,12 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", type=Path, nargs="+",
-                        help="finished runs; the table and figure go to the first's report/")
+                        help="finished runs, or published report folders (results.csv and "
+                        "manifest.json, e.g. results/sophon/k50)")
     parser.add_argument("--task", default="qa_color")
     parser.add_argument("--level", type=float, default=0.5)
+    parser.add_argument("-o", "--out", type=Path, default=None,
+                        help="where the table and figure go (default: the first run's report/)")
     args = parser.parse_args()
     table = pd.concat([ladder(d, args.task, args.level) for d in args.run_dirs],
                       ignore_index=True).sort_values(["adversary", "inner_total"])
@@ -139,8 +147,8 @@ def main() -> None:
                          f"outer_steps attacked on {args.task}")
     budgets = {a: int(max(attack_steps(d, args.task, a) for d in args.run_dirs))
                for a in table.adversary.unique()}
-    out = args.run_dirs[0] / "report"
-    out.mkdir(exist_ok=True)
+    out = args.out or args.run_dirs[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "ladder.csv", index=False)
     with matplotlib.rc_context(PRINT_STYLE):
         plot(table, args.level, args.task, out / f"ladder_{args.task}.png", budgets)
@@ -151,7 +159,7 @@ def main() -> None:
 
 def attack_steps(run_dir: Path, task: str, adversary: str) -> float:
     """The last budget step of ``adversary``'s curves on ``task`` in a run (0 if none)."""
-    r = pd.read_parquet(run_dir / "results.parquet")
+    r = RunFolder(run_dir).read_results()
     r = r[(r.task == task) & (r.adversary == adversary) & (r.metric == "score")]
     return float(r.step.max()) if len(r) else 0.0
 

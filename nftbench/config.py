@@ -499,5 +499,14 @@ def resolve(raw: dict[str, Any], overrides: list[str] = (), check_data: bool = T
     return dataclasses.replace(matrix, data=data)
 
 
+def recorded_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as a manifest recorded it, in today's schema: manifests written before the
+    optimizer fields moved to pretrain's top level hold them under ``pretrain.optim`` (the
+    keys they make are the same)."""
+    pretrain = dict(config.get("pretrain") or {})
+    pretrain |= pretrain.pop("optim", None) or {}
+    return {**config, "pretrain": pretrain}
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Matrix:
     return resolve(load_raw(path), overrides)

@@ -48,7 +48,8 @@ from nftbench.metrics import (
     utility,
     variance_components,
 )
-from nftbench.records import CAPABILITY_AFTER, NONE, SCRATCH, read_results
+from nftbench.records import CAPABILITY_AFTER, NONE, SCRATCH
+from nftbench.run_folder import RunFolder, StalePlan
 
 # Okabe-Ito (distinguishable with every common colour-vision deficiency) first, then distinct
 # tab10 hues: a matrix of up to 13 releases never repeats a colour; each also gets a marker
@@ -1023,12 +1024,14 @@ def combine_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str
     config); then its rows appear once. Otherwise :class:`RunConflict` names it."""
     frames, owner = [], {}
     variants: dict[str, dict[str, Any]] = {}
+    manifests: list[tuple[Path, dict[str, Any]]] = []
     for run in map(Path, run_dirs):
-        for name in ("results.parquet", "plan.json"):
-            if not (run / name).exists():
-                raise FileNotFoundError(f"{run / name} not found: is {run} a run folder?")
-        results = read_results(run / "results.parquet")
-        idents = stage_identities(json.loads((run / "plan.json").read_text()))
+        folder = RunFolder(run)
+        results = folder.read_results()
+        try:
+            idents = stage_identities(folder.stage_plan())
+        except StalePlan as err:
+            raise RunConflict(str(err)) from None
         for ident, key in idents.items():
             if ident in owner and owner[ident][0] != key:
                 raise RunConflict(
@@ -1044,10 +1047,46 @@ def combine_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str
             owner.setdefault(ident, (key, run))
         manifest_file = run / "manifest.json"
         if manifest_file.exists():
-            for kind, table in json.loads(manifest_file.read_text()).get("variants",
-                                                                         {}).items():
+            manifests.append((run, json.loads(manifest_file.read_text())))
+            for kind, table in manifests[-1][1].get("variants", {}).items():
                 variants.setdefault(kind, {}).update(table)
-    return pd.concat(frames, ignore_index=True), {"variants": variants}
+    return (pd.concat(frames, ignore_index=True),
+            combined_manifest(manifests, variants, len(manifests) == len(run_dirs)))
+
+
+def combined_manifest(manifests: list[tuple[Path, dict[str, Any]]],
+                      variants: dict[str, dict[str, Any]], complete: bool = True
+                      ) -> dict[str, Any]:
+    """The manifest of a combined report: the runs' variants, where each came from (its
+    config hash, git commit, hardware, packages and wall time), and, when the runs are shards
+    of one matrix (configs equal but for which bases and attack seeds they ran), that matrix's
+    config over the union of their bases and seeds with the union of their stage logs, so the
+    report re-plans from its manifest like any run's."""
+    from nftbench.config import recorded_config
+
+    out: dict[str, Any] = {"variants": variants, "combined_from": [
+        {"run": str(path), **{k: m.get(k) for k in ("created", "config_hash", "git",
+                                                     "hardware", "packages", "wall_s")}}
+        for path, m in manifests]}
+    configs = [recorded_config(m["config"]) for _, m in manifests if "config" in m]
+    if not complete or not configs or len(configs) < len(manifests):
+        return out
+
+    def shard_free(c: dict[str, Any]) -> dict[str, Any]:
+        pretrain = {k: v for k, v in c["pretrain"].items() if k != "seeds"}
+        return {k: v for k, v in c.items() if k not in ("output_dir", "seeds")} | {
+            "pretrain": pretrain}
+
+    if (any(shard_free(c) != shard_free(configs[0]) for c in configs)
+            or any(c["pretrain"].get("seeds") is None for c in configs)):
+        return out
+    bases = sorted({b for c in configs for b in c["pretrain"]["seeds"]})
+    seeds = sorted({s for c in configs for s in c["seeds"]})
+    config = configs[0] | {"pretrain": configs[0]["pretrain"] | {"seeds": bases},
+                           "seeds": seeds}
+    stages = {(s["kind"], s["label"], s["key"]): s
+              for _, m in reversed(manifests) for s in m.get("stages", [])}
+    return out | {"config": config, "stages": list(stages.values())}
 
 
 def _describe(ident: tuple[Any, ...]) -> str:
@@ -1063,23 +1102,22 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> lis
     """Write every table and figure for the run in ``run_dir`` (into ``run_dir/report``);
     returns the paths."""
     run_dir = Path(run_dir)
-    results_file = run_dir / "results.parquet"
-    if not results_file.exists():
-        raise FileNotFoundError(f"{results_file} not found: is {run_dir} a run folder?")
+    results = RunFolder(run_dir).read_results()
     manifest_file = run_dir / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    return report_from(read_results(results_file), manifest, run_dir / "report", cfg)
+    return report_from(results, manifest, run_dir / "report", cfg)
 
 
 def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path,
                           cfg: ReportConfig = ReportConfig()) -> list[Path]:
     """One report of several runs (:func:`combine_runs`) in ``out``, with the combined
-    results table beside it (``out/results.csv``)."""
+    results table and manifest beside it (``out/results.csv``, ``out/manifest.json``)."""
     results, manifest = combine_runs(run_dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / "results.csv", index=False)
-    return [out / "results.csv", *report_from(results, manifest, out, cfg)]
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    return [out / "results.csv", out / "manifest.json", *report_from(results, manifest, out, cfg)]
 
 
 def latex_escape(text: str) -> str:

@@ -73,6 +73,43 @@ class RunFolder:
                                     "run never started")
         return json.loads(path.read_text())
 
+    def read_results(self) -> pd.DataFrame:
+        """The results table: results.parquet, or results.csv where only that was kept (a
+        published report folder, e.g. results/sophon/k50x1000)."""
+        from nftbench.records import read_results
+
+        for name in (self.results_file.name, "results.csv"):
+            if (self.path / name).exists():
+                return read_results(self.path / name)
+        raise FileNotFoundError(f"{self.path} holds neither {self.results_file.name} nor "
+                                "results.csv: is it a run folder?")
+
+    def stage_plan(self) -> dict[str, Any]:
+        """The stages that made the results: plan.json, or, for a folder that kept only its
+        manifest (a published report), the plan its recorded config makes with today's code,
+        which must name exactly the stage keys the manifest recorded."""
+        if (self.path / PLAN_FILE).exists():
+            return self.read_plan()
+        manifest_file = self.path / MANIFEST_FILE
+        if not manifest_file.exists():
+            raise FileNotFoundError(f"{self.path} has neither {PLAN_FILE} nor {MANIFEST_FILE}: "
+                                    "is it a run folder?")
+        from nftbench.config import recorded_config, resolve
+        from nftbench.engine import Runner
+        from nftbench.plugins import load_plugins
+
+        load_plugins()  # the built-in and installed plugins a recorded config names
+
+        manifest = json.loads(manifest_file.read_text())
+        jobs = Runner(resolve(recorded_config(manifest["config"])), progress=False).plan
+        made = {(s["kind"], s["label"], s["key"]) for s in manifest.get("stages", [])}
+        stale = sorted(made - {(j.kind, j.label, j.key) for j in jobs})
+        if stale:
+            raise StalePlan(f"{self.path}: {len(stale)} of the stages its manifest recorded "
+                            f"have other keys with today's code (e.g. {stale[0][1]}): its "
+                            "numbers are not what its config computes now; rerun the config")
+        return {"jobs": [j.to_json() for j in jobs if (j.kind, j.label, j.key) in made]}
+
     def failures(self) -> FailureBook:
         return FailureBook(self.path / FAILURES_FILE)
 
@@ -92,6 +129,10 @@ class RunFolder:
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(Path(os.path.relpath(target.resolve(), self.releases.resolve())))
+
+
+class StalePlan(ValueError):
+    """A published results folder whose recorded stage keys today's code no longer plans."""
 
 
 class FailureBook:

@@ -323,6 +323,60 @@ def test_a_report_of_two_runs_is_the_report_of_one_run_holding_both(
     assert main(["report", str(a), str(b)]) == 2  # several runs need -o
 
 
+def test_shards_by_base_combine_into_the_report_of_the_whole_matrix(
+        tiny_raw: dict, tmp_path: Path) -> None:
+    """A matrix run base by base (in separate sessions, or machines) and a published report
+    folder (results.csv and manifest.json only, as in results/) combine into the report of the
+    whole matrix, with a manifest that re-plans like a run's; a published folder whose keys
+    today's code no longer plans is refused, with the reason."""
+    import copy
+    import json
+    import shutil
+
+    import yaml
+
+    from nftbench.run_folder import RunFolder
+
+    def run(name: str, bases: list[int]) -> Path:
+        raw = copy.deepcopy(tiny_raw)
+        raw |= {"name": "t", "output_dir": str(tmp_path / name),
+                "store_dir": str(tmp_path / "store")}
+        raw["pretrain"] = raw["pretrain"] | {"seeds": bases}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        assert main(["run", str(path), "--quiet"]) == 0
+        return tmp_path / name
+
+    first, second, whole = run("b0", [0]), run("b1", [1]), run("all", [0, 1])
+    published = tmp_path / "results" / "b0"
+    published.mkdir(parents=True)
+    for name in ("results.csv", "manifest.json"):
+        shutil.copy(first / name, published / name)
+    out = tmp_path / "combined"
+    assert main(["report", str(published), str(second), "-o", str(out)]) == 0
+
+    def board(folder: Path) -> pd.DataFrame:
+        frame = pd.read_csv(folder / "leaderboard.csv")
+        return frame.sort_values(list(frame.columns[:3])).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(board(out), board(whole / "report"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["pretrain"]["seeds"] == [0, 1]
+    assert [m["run"] for m in manifest["combined_from"]] == [str(published), str(second)]
+    made = {(s["kind"], s["label"], s["key"]) for s in manifest["stages"]}
+    whole_made = {(s["kind"], s["label"], s["key"]) for s in
+                  json.loads((whole / "manifest.json").read_text())["stages"]}
+    assert made == whole_made  # the same stages as the one run of both bases
+    assert len(RunFolder(out).stage_plan()["jobs"]) == len(made)  # and it re-plans
+
+    recorded = json.loads((published / "manifest.json").read_text())
+    recorded["stages"][-1]["key"] = "0" * 24  # a stage today's code would key otherwise
+    (published / "manifest.json").write_text(json.dumps(recorded))
+    with pytest.raises(Exception, match="other keys with today's code"):
+        from nftbench.report import combine_runs
+        combine_runs([published, second])
+
+
 def test_a_sweep_line_joins_only_one_variant_family(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Variants sharing the swept value but differing in another parameter are two lines, never

@@ -7,24 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from nftbench.config import resolve
+from nftbench.config import recorded_config, resolve
 from nftbench.engine import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "results").rglob("manifest.json"))
-
-
-def current_schema(config: dict[str, Any]) -> dict[str, Any]:
-    """A recorded config in today's schema: manifests written before the optimizer fields
-    moved to pretrain's top level (``pretrain.optim``) hold them one level down; the keys
-    they make are the same."""
-    pretrain = dict(config["pretrain"])
-    pretrain |= pretrain.pop("optim", {})
-    return {**config, "pretrain": pretrain}
 
 
 def test_there_are_results_to_check() -> None:
@@ -34,7 +24,7 @@ def test_there_are_results_to_check() -> None:
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: str(p.parent.relative_to(ROOT)))
 def test_results_replan_to_their_recorded_keys(manifest: Path, tmp_path: Path) -> None:
     recorded = json.loads(manifest.read_text())
-    cfg = resolve(current_schema(recorded["config"]),
+    cfg = resolve(recorded_config(recorded["config"]),
                   [f"store_dir={tmp_path / 'store'}", f"output_dir={tmp_path / 'run'}"])
     planned = {(job.kind, job.label, job.key) for job in Runner(cfg, progress=False).plan}
     made = {(s["kind"], s["label"], s["key"]) for s in recorded["stages"]}
