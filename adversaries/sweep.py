@@ -144,8 +144,9 @@ class Sweep(Adversary[SweepConfigT]):
         best_score = float("nan")  # eval score of the trial selected so far
         selected = 0
         effort, tokens, flops = [], 0, 0.0
-        points = self.points(ctx.seed)
-        for i, trial in enumerate(self.trials(ctx.seed), start=1):
+        points = self.points(ctx.seed)  # the grid points of self.trials, in the same order
+        for i, (point, trial) in enumerate(zip(points, self.trials(ctx.seed), strict=True),
+                                           start=1):
             trial_ctx = replace(ctx, evaluate=evaluate, diagnostics={}, outputs={},
                                 desc=f"{ctx.desc} trial {i}")
             result = trial.attack(release, train, trial_ctx)
@@ -158,7 +159,7 @@ class Sweep(Adversary[SweepConfigT]):
             if best is None or merit > best[0]:
                 best = (merit, result)
                 best_score, selected = score, i
-            effort.append({"trial": i, "point": points[i - 1],
+            effort.append({"trial": i, "point": point,
                            "params": trial.config.model_dump(mode="json"),
                            "score": score, "diverged": result.diverged, "tokens": tokens,
                            "flops": flops, "best_score": best_score})
