@@ -155,7 +155,9 @@ class Runner:
 
         executor = self._executor()
         try:
-            logs = schedule(self.plan, executor, on_start, on_done, recorded)
+            # a stage another run holds now is left for last (two runs on one store share the work)
+            logs = schedule(self.plan, executor, on_start, on_done, recorded,
+                            busy=lambda job: self.store.running(job.kind, job.key) is not None)
         finally:
             executor.close()
             stage_bar.close()

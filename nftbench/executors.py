@@ -223,13 +223,16 @@ class RayExecutor:
 def schedule(jobs: Iterable[Job], executor: Executor,
              on_start: Callable[[Job], None] = lambda job: None,
              on_done: Callable[[Job, StageLog], None] = lambda job, log: None,
-             skip: Callable[[Job], StageLog | None] = lambda job: None) -> dict[str, StageLog]:
+             skip: Callable[[Job], StageLog | None] = lambda job: None,
+             busy: Callable[[Job], bool] = lambda job: False) -> dict[str, StageLog]:
     """Run ``jobs`` (a DAG) on ``executor``; return job id -> log.
 
-    Ready jobs start in the order they are listed (the plan lists shared stages first). A job
-    whose input failed is not run: it is failed with that reason, and so are the jobs that
-    need it. ``skip(job)`` may return a log to use instead of running the job (a failure that
-    an earlier run recorded).
+    Ready jobs start in the order they are listed (the plan lists shared stages first), except
+    that a job ``busy`` says another run is computing now waits until no other ready job is
+    left: two runs on one store then share the work instead of taking turns, each waiting on
+    the stage the other holds. A job whose input failed is not run: it is failed with that
+    reason, and so are the jobs that need it. ``skip(job)`` may return a log to use instead of
+    running the job (a failure that an earlier run recorded).
     """
     order = list(jobs)
     by_id = {j.id: j for j in order}
@@ -266,19 +269,30 @@ def schedule(jobs: Iterable[Job], executor: Executor,
     def alone(job: Job) -> bool:  # a job that killed its worker once runs alone
         return deaths[job.id] > 0
 
+    def take() -> tuple[int, str] | None:
+        """The first ready job that no other run is computing; else, with nothing of ours
+        running, the first ready job (its worker waits on the claim); else None."""
+        ready[:] = [e for e in ready if e[1] not in logs]  # failed through another input
+        if not ready:
+            return None
+        ready.sort()  # a sorted list is a heap
+        entry = next((e for e in ready if not busy(by_id[e[1]])), None)
+        if entry is None:
+            if running:  # every ready job is another run's now: wait for one of ours
+                return None
+            entry = ready[0]
+        ready.remove(entry)
+        return entry
+
     while ready or running:
-        while ready and len(running) < executor.slots:
-            job = by_id[ready[0][1]]
-            if job.id in logs:  # failed through another input meanwhile
-                heapq.heappop(ready)
-                continue
+        while len(running) < executor.slots and (entry := take()) is not None:
+            job = by_id[entry[1]]
             if (skipped := skip(job)) is not None:
-                heapq.heappop(ready)
                 finish(job, skipped)
                 continue
             if running and (alone(job) or any(alone(j) for j in running.values())):
+                heapq.heappush(ready, entry)
                 break
-            heapq.heappop(ready)
             on_start(job)
             running[executor.submit(job)] = job
         if not running:

@@ -22,7 +22,7 @@ import yaml
 from nftbench.adversaries.finetune import FullFineTune
 from nftbench.cli import main
 from nftbench.config import ConfigError, resolve
-from nftbench.engine import run_status
+from nftbench.engine import Runner, run_status
 from nftbench.executors import schedule
 from nftbench.records import Job, StageLog
 from nftbench.registry import register_adversary
@@ -108,6 +108,23 @@ def test_schedule_respects_inputs_and_failures() -> None:
         assert logs[f"attack:{downstream}"].status == "failed"
     assert "'bad' failed" in logs["attack:after_bad"].error
     assert all(logs[f"attack:{j}"].status == "ok" for j in ("cell_a", "cell_b", "side"))
+
+
+
+def test_schedule_leaves_a_stage_another_run_holds_for_last() -> None:
+    # a, b and c are ready; another run holds a until c is done: this run takes b and c first
+    # instead of waiting on a, then a (whose worker would wait on the claim if still held)
+    jobs = [job("a"), job("b"), job("c"), job("d", "a")]
+    executor = ThreadExecutor(slots=1)
+    order: list[str] = []
+    schedule(jobs, executor, on_start=lambda j: order.append(j.label),
+             busy=lambda j: j.label == "a" and "c" not in order)
+    assert order == ["b", "c", "a", "d"]
+    # every ready job held elsewhere, nothing of ours running: take the first anyway
+    order.clear()
+    schedule(jobs, executor, on_start=lambda j: order.append(j.label), busy=lambda j: True)
+    executor.close()
+    assert order == ["a", "b", "c", "d"]
 
 
 # -- claims --------------------------------------------------------------------------------------
@@ -290,6 +307,41 @@ def test_two_runs_on_one_store_compute_each_stage_once(tiny_raw: dict[str, Any],
                 if not s["cached"]]
     assert len(computed) == len(set(computed)) == len(manifest(configs[0][0])["stages"])
     pd.testing.assert_frame_equal(results(configs[0][0]), results(configs[1][0]))
+
+
+
+def test_a_run_computes_what_nobody_holds_before_waiting_on_another_runs_stage(
+        tiny_raw: dict[str, Any], tmp_path: Path) -> None:
+    """Two runs on one store share the work: a cell whose claim another run holds is left for
+    last, not waited on in plan order while every other cell waits behind it."""
+    raw = two_cells_per_release(tiny_raw)
+    raw["store_dir"] = str(tmp_path / "store")
+    path = write_config(raw, tmp_path / "m.yaml")
+    plan = Runner(resolve(raw), progress=False).plan
+    held = next(j for j in plan if j.kind == "attack")  # the first cell in plan order
+    others = [j for j in plan if j.kind == "attack" and j is not held]
+    store = Store(raw["store_dir"])
+    claimed = threading.Event()
+
+    def other_run() -> None:  # holds the claim until this run has done every other cell
+        with store.claim(held.kind, held.key):
+            claimed.set()
+            deadline = time.monotonic() + 120
+            while (not all(store.has(j.kind, j.key, verify=False) for j in others)
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    assert claimed.wait(10)
+    assert main(["run", str(path), "--quiet"]) == 0
+    thread.join()
+    stages = {s["key"]: s for s in manifest(raw)["stages"]}
+    cells = [stages[j.key] for j in others]
+    assert all(not c["cached"] for c in cells)
+    # the held cell was computed after the claim was released, and after every other cell
+    assert not stages[held.key]["cached"]
+    assert stages[held.key]["started"] >= max(c["finished"] for c in cells)
 
 
 def ran_with(raw: dict[str, Any]) -> set[int]:
