@@ -86,7 +86,7 @@ class TarRedTeamConfig(SweepConfig):
         "oracle", description="the paper reports its worst adversary")
 
 
-@register_adversary("tar_redteam", version="1")
+@register_adversary("tar_redteam", version="2")  # 2: as sweep 2
 class TarRedTeam(Sweep[TarRedTeamConfig]):
     """TAR's red team: 6 optimizers x 4 schedules at lr 2e-5, 1,000 steps; the worst wins."""
 
@@ -126,6 +126,6 @@ class QiLrGridConfig(SweepConfig):
         "oracle", description="the worst learning rate is reported")
 
 
-@register_adversary("qi_lr_grid", version="1")
+@register_adversary("qi_lr_grid", version="2")  # 2: as sweep 2
 class QiLrGrid(Sweep[QiLrGridConfig]):
     """Qi et al.'s learning-rate grid: AdamW at 3e-5, 6e-5 and 8e-5; the worst wins."""

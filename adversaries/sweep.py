@@ -105,7 +105,8 @@ def answer_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str,
     return sum(losses) / len(losses)
 
 
-@register_adversary("sweep", version="1")
+# version 2: the cell reports the selected trial's diagnostics (capability_after) and outputs
+@register_adversary("sweep", version="2")
 class Sweep(Adversary[SweepConfigT]):
     """The best attack over a hyperparameter grid, with the attacker-effort curve."""
 
@@ -140,7 +141,9 @@ class Sweep(Adversary[SweepConfigT]):
                 scores["_validation_loss"] = answer_loss(model, tokenizer, held_out)
             return scores
 
-        best: tuple[float, TrainResult] | None = None
+        # the selected trial's result, with what it reported and left for the harness (its
+        # capability_after, its trained model, its guesses): the cell is that trial's attack
+        best: tuple[float, TrainResult, AttackContext] | None = None
         best_score = float("nan")  # eval score of the trial selected so far
         selected = 0
         effort, tokens, flops = [], 0, 0.0
@@ -157,12 +160,14 @@ class Sweep(Adversary[SweepConfigT]):
             merit = (-final["_validation_loss"] if cfg.select == "validation" and final
                      else score if final else float("-inf"))
             if best is None or merit > best[0]:
-                best = (merit, result)
+                best = (merit, result, trial_ctx)
                 best_score, selected = score, i
             effort.append({"trial": i, "point": point,
                            "params": trial.config.model_dump(mode="json"),
                            "score": score, "diverged": result.diverged, "tokens": tokens,
                            "flops": flops, "best_score": best_score})
         assert best is not None  # the grid is never empty
+        ctx.diagnostics.update(best[2].diagnostics)
+        ctx.outputs.update(best[2].outputs)
         ctx.report(effort=effort, trials=len(effort), selected_trial=selected)
         return best[1]

@@ -966,24 +966,33 @@ def plot_effort(results: pd.DataFrame, folder: Path) -> list[Path]:
     if e.empty:
         return []
     style = release_styles(results)
+    # a release keeps its colour and marker; each further sweep its own line and open markers,
+    # so two searches of one release (oracle and validation selection) stay apart
+    sweeps = sorted(e.adversary.unique())
     fig, axes = figure_grid(2)
     for (release, adversary, task), g in e.groupby(["release", "adversary", "task"]):
         mean = g.groupby("trial").agg(value=("value", "mean"), flops=("flops", "mean"))
         label = f"{release} ({adversary}, {task})"
-        axes[0].plot(mean.index, mean.value, **style[release].line(), label=label)
-        axes[1].plot(mean.flops, mean.value, **style[release].line())
+        line = style[release].line() | {"markevery": max(1, len(mean) // 8)}
+        if (i := sweeps.index(adversary)) > 0:
+            line |= {"linestyle": (":", "-.", (0, (5, 1)))[(i - 1) % 3],
+                     "markerfacecolor": "white"}
+        axes[0].plot(mean.index, mean.value, **line, label=label)
+        axes[1].plot(mean.flops, mean.value, **line)
     axes[0].set_xlabel("trials")
     axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[1].set_xlabel("training FLOPs spent on all trials")
     axes[1].set_xscale("log")
-    axes[0].set_ylabel("score of the best attack so far")
+    axes[0].set_ylabel("score of the selected attack so far")
     for ax in axes:
         ax.grid(alpha=0.3)
     legend_below(fig, axes)
     return save_figure(fig, folder, "effort", caption=(
-        "Attacker effort: the score of the best attack found so far by each sweep adversary, "
-        "against the number of trials (left) and the training FLOPs spent on all of them "
-        "(right); means over attack seeds."))
+        "Attacker effort: the eval score of the attack each sweep adversary has selected so "
+        "far, against the number of trials (left) and the training FLOPs spent on all of them "
+        "(right); means over attack seeds. With oracle selection it is the best score so far; "
+        "with validation selection it can fall, when a later trial has the lower held-out "
+        "loss and the lower score. A second sweep of a release has open markers."))
 
 
 class RunConflict(ValueError):

@@ -178,13 +178,15 @@ def test_sweep_selects_and_records_attacker_effort(tiny_raw: dict[str, Any],
                                                    tmp_path: Path) -> None:
     tiny_raw["adversaries"] = [{"name": "sweep", "params": {
         "params": {"steps": 3, "batch_size": 4}, "grid": {"lr": [1e-4, 1e-2]},
-        "select": ["validation", "oracle"]}}]
-    tiny_raw["tasks"] = ["qa_color"]
+        "select": ["validation", "oracle"]}},
+        # each trial run alone: the oracle's cell must be its selected trial, whole
+        {"name": "full_ft", "params": {"steps": 3, "batch_size": 4, "lr": [1e-4, 1e-2]}}]
+    tiny_raw["tasks"] = ["recall_city", "qa_color"]  # a capability task, a restricted one
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(tiny_raw))
     assert main(["run", str(path), "--quiet"]) == 0
     results = pd.read_parquet(Path(tiny_raw["output_dir"]) / "results.parquet")
-    assert set(results.adversary) == {"sweep[select=validation]", "sweep[select=oracle]"}
+    assert {"sweep[select=validation]", "sweep[select=oracle]"} <= set(results.adversary)
     oracle = results[(results.adversary == "sweep[select=oracle]") & (results.release == "none")]
     effort = oracle[oracle.metric == "effort_best"].sort_values("trial")
     trials = oracle[oracle.metric == "trial_score"].sort_values("trial")
@@ -197,11 +199,19 @@ def test_sweep_selects_and_records_attacker_effort(tiny_raw: dict[str, Any],
     assert [json.loads(p) for p in trials.params] == [{"lr": 1e-4}, {"lr": 1e-2}]
     selected = oracle[oracle.metric == "selected_trial"].value.tolist()
     assert selected == [trials.set_index("trial").value.idxmax()]  # the first best
+    # the cell reports what its selected trial reported: the capability it left, every row
+    lr = json.loads(trials.set_index("trial").params[int(selected[0])])["lr"]
+    alone = results[(results.adversary == f"full_ft[lr={lr:g}]") & (results.release == "none")]
+    cap = oracle[oracle.metric.str.startswith("capability_after/")]
+    assert cap.metric.tolist() == ["capability_after/recall_city"]
+    mine = alone[alone.metric.str.startswith("capability_after/")]
+    assert (cap.set_index("metric").value.to_dict() == mine.set_index("metric").value.to_dict())
 
     # trials.csv: one row per release x sweep x trial, each cell's choice counted once
     table = sweep_trials(results)
     sweeps = {"sweep[select=validation]", "sweep[select=oracle]"}
     cells = results[results.metric == "selected_trial"]
+    table = table[table.adversary.isin(sweeps)]
     assert set(table.adversary) == sweeps and set(table.trial) == {1, 2}
     for (release, adversary), g in table.groupby(["defense", "adversary"]):
         mine = cells[(cells.release == release) & (cells.adversary == adversary)]
