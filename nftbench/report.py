@@ -983,7 +983,7 @@ def plot_effort(results: pd.DataFrame, folder: Path) -> list[Path]:
     axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[1].set_xlabel("training FLOPs spent on all trials")
     axes[1].set_xscale("log")
-    axes[0].set_ylabel("score of the selected attack so far")
+    axes[0].set_ylabel("selected attack's score")
     for ax in axes:
         ax.grid(alpha=0.3)
     legend_below(fig, axes)

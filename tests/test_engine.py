@@ -110,7 +110,6 @@ def test_schedule_respects_inputs_and_failures() -> None:
     assert all(logs[f"attack:{j}"].status == "ok" for j in ("cell_a", "cell_b", "side"))
 
 
-
 def test_schedule_leaves_a_stage_another_run_holds_for_last() -> None:
     # a, b and c are ready; another run holds a until c is done: this run takes b and c first
     # instead of waiting on a, then a (whose worker would wait on the claim if still held)
@@ -307,7 +306,6 @@ def test_two_runs_on_one_store_compute_each_stage_once(tiny_raw: dict[str, Any],
                 if not s["cached"]]
     assert len(computed) == len(set(computed)) == len(manifest(configs[0][0])["stages"])
     pd.testing.assert_frame_equal(results(configs[0][0]), results(configs[1][0]))
-
 
 
 def test_a_run_computes_what_nobody_holds_before_waiting_on_another_runs_stage(
