@@ -10,6 +10,11 @@ Selection, named honestly:
 
 * ``validation`` (default, what a real attacker can do): trials train on the attacker's train
   data minus a held-out share, and the trial with the lowest answer loss on that share wins.
+* ``validation_accuracy`` (also a real attacker's rule): the same held-out share, and the trial
+  that answers most of it right wins (ties: the lower answer loss). An answer is right by the
+  rule the task is scored with (``answer_accuracy``). Answer loss can rank recipes against
+  their accuracy: a recipe that moves the model a little lowers the loss of every answer
+  without making any the most likely one.
 * ``oracle``: the trial with the highest eval score wins. No attacker has the eval split; this
   is an upper bound on what the grid can reach, for worst-case reporting.
 """
@@ -25,7 +30,14 @@ import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from nftbench.api import Adversary, AttackContext, Release
-from nftbench.data import encode_examples, example_batches, pad_id
+from nftbench.data import (
+    IGNORE,
+    chat_text,
+    encode_examples,
+    example_batches,
+    pad_id,
+    pad_rows,
+)
 from nftbench.registry import ADVERSARIES, PluginConfig, register_adversary
 from nftbench.train import TrainResult
 
@@ -44,11 +56,13 @@ class SweepConfig(PluginConfig):
         "a mapping sets several parameters together, e.g. an optimizer with its weight decay)")
     max_trials: int | None = Field(None, ge=1, description="keep this many trials of the grid, "
                                    "drawn at random with the cell's seed (null: all)")
-    select: Literal["validation", "oracle"] = Field(
+    select: Literal["validation", "validation_accuracy", "oracle"] = Field(
         "validation", description="validation: lowest answer loss on held-out train data "
+        "(realistic); validation_accuracy: most held-out answers right, ties by answer loss "
         "(realistic); oracle: highest eval score (an upper bound, not an attack)")
     validation_fraction: float = Field(0.2, gt=0, lt=1,
-                                       description="(validation) share of train data held out")
+                                       description="(validation, validation_accuracy) share "
+                                       "of train data held out")
 
     @field_validator("grid")
     @classmethod
@@ -105,6 +119,49 @@ def answer_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str,
     return sum(losses) / len(losses)
 
 
+@torch.no_grad()
+def answer_accuracy(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str, Any]],
+                    batch_size: int = 64) -> float:
+    """Share of ``examples`` the model answers right, by the rule lm-eval scores their task
+    with: an example with ``choices`` is right when its label's choice has the highest
+    log-likelihood after the prompt (``acc``); any other is right when greedy decoding
+    reproduces its answer and stops (every completion token, the stop included, is the most
+    likely next token: exact match, read off one forward pass instead of generating)."""
+    rows, groups = [], []  # encoded (prompt + continuation) rows; per example, its rows' span
+    for ex in examples:
+        if "choices" in ex:
+            chat = ex.get("prompt_format") == "chat"
+            prompt = chat_text(ex, tokenizer)[0] if chat else ex["prompt"]
+            bos = tokenizer.bos_token
+            p = tokenizer(prompt, add_special_tokens=not (chat and bos and prompt.startswith(bos))
+                          )["input_ids"]
+            first = len(rows)
+            for choice in ex["choices"]:  # lm-eval's delimiter: a space, none in chat format
+                c = tokenizer(choice if chat else " " + choice,
+                              add_special_tokens=False)["input_ids"]
+                rows.append((p + c, [IGNORE] * len(p) + c))
+            groups.append((first, len(ex["choices"]), ex["label"]))
+        else:
+            rows.extend(encode_examples([ex], tokenizer))
+            groups.append((len(rows) - 1, 0, None))
+    device = next(model.parameters()).device
+    loglik, greedy = [], []
+    for i in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in pad_rows(rows[i:i + batch_size],
+                                                      pad_id(tokenizer)).items()}
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        scored = labels != IGNORE
+        logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        loglik += (logp * scored).sum(1).tolist()
+        greedy += ((logits.argmax(-1) == labels) | ~scored).all(1).tolist()
+    right = [greedy[first] if label is None
+             else max(range(n), key=lambda j: loglik[first + j]) == label
+             for first, n, label in groups]
+    return sum(right) / len(right)
+
+
 # version 2: the cell reports the selected trial's diagnostics (capability_after) and outputs
 @register_adversary("sweep", version="2")
 class Sweep(Adversary[SweepConfigT]):
@@ -129,7 +186,7 @@ class Sweep(Adversary[SweepConfigT]):
                ctx: AttackContext) -> TrainResult:
         cfg = self.config
         train, held_out = examples, []
-        if cfg.select == "validation":
+        if cfg.select != "oracle":
             order = random.Random(ctx.seed).sample(range(len(examples)), len(examples))
             cut = max(1, round(cfg.validation_fraction * len(examples)))
             held_out = [examples[i] for i in order[:cut]]
@@ -139,11 +196,13 @@ class Sweep(Adversary[SweepConfigT]):
             scores = ctx.evaluate(model, tokenizer)
             if held_out:
                 scores["_validation_loss"] = answer_loss(model, tokenizer, held_out)
+            if held_out and cfg.select == "validation_accuracy":
+                scores["_validation_accuracy"] = answer_accuracy(model, tokenizer, held_out)
             return scores
 
         # the selected trial's result, with what it reported and left for the harness (its
         # capability_after, its trained model, its guesses): the cell is that trial's attack
-        best: tuple[float, TrainResult, AttackContext] | None = None
+        best: tuple[tuple[float, ...], TrainResult, AttackContext] | None = None
         best_score = float("nan")  # eval score of the trial selected so far
         selected = 0
         effort, tokens, flops = [], 0, 0.0
@@ -156,9 +215,12 @@ class Sweep(Adversary[SweepConfigT]):
             tokens, flops = tokens + result.tokens, flops + result.flops
             final = result.points[-1].scores if result.points and not result.diverged else {}
             score = next((v for k, v in final.items() if not k.startswith("_")), float("nan"))
-            # higher is better for both criteria; a diverged trial never wins
-            merit = (-final["_validation_loss"] if cfg.select == "validation" and final
-                     else score if final else float("-inf"))
+            # higher is better for every criterion; a diverged trial never wins
+            merit: tuple[float, ...] = (
+                (float("-inf"),) if not final
+                else (score,) if cfg.select == "oracle"
+                else (-final["_validation_loss"],) if cfg.select == "validation"
+                else (final["_validation_accuracy"], -final["_validation_loss"]))
             if best is None or merit > best[0]:
                 best = (merit, result, trial_ctx)
                 best_score, selected = score, i

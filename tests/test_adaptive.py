@@ -19,14 +19,19 @@ from nftbench.adversaries.adaptive import (
     ReinitConfig,
     estimate_trained_fraction,
 )
-from nftbench.api import AttackContext, Defense, DefenseContext, Release
+from nftbench.api import Adversary, AttackContext, Defense, DefenseContext, Release
 from nftbench.cli import main
 from nftbench.data import mixed_batches
 from nftbench.masks import MASK_FILE, global_topk, load_mask, mask_iou, save_mask
 from nftbench.masks import attack_diagnostics as mask_attack_diagnostics
 from nftbench.metrics import sweep_trials
 from nftbench.models import ModelSpec, TinyLlamaConfig, init_model, save_release, train_tokenizer
-from nftbench.registry import ADVERSARIES, PluginConfig, register_defense
+from nftbench.registry import (
+    ADVERSARIES,
+    PluginConfig,
+    register_adversary,
+    register_defense,
+)
 from nftbench.world import World, WorldConfig
 
 SPEC = ModelSpec(tiny=TinyLlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -178,7 +183,7 @@ def test_sweep_selects_and_records_attacker_effort(tiny_raw: dict[str, Any],
                                                    tmp_path: Path) -> None:
     tiny_raw["adversaries"] = [{"name": "sweep", "params": {
         "params": {"steps": 3, "batch_size": 4}, "grid": {"lr": [1e-4, 1e-2]},
-        "select": ["validation", "oracle"]}},
+        "select": ["validation", "validation_accuracy", "oracle"]}},
         # each trial run alone: the oracle's cell must be its selected trial, whole
         {"name": "full_ft", "params": {"steps": 3, "batch_size": 4, "lr": [1e-4, 1e-2]}}]
     tiny_raw["tasks"] = ["recall_city", "qa_color"]  # a capability task, a restricted one
@@ -186,7 +191,9 @@ def test_sweep_selects_and_records_attacker_effort(tiny_raw: dict[str, Any],
     path.write_text(yaml.safe_dump(tiny_raw))
     assert main(["run", str(path), "--quiet"]) == 0
     results = pd.read_parquet(Path(tiny_raw["output_dir"]) / "results.parquet")
-    assert {"sweep[select=validation]", "sweep[select=oracle]"} <= set(results.adversary)
+    sweeps = {"sweep[select=validation]", "sweep[select=validation_accuracy]",
+              "sweep[select=oracle]"}
+    assert sweeps <= set(results.adversary)
     oracle = results[(results.adversary == "sweep[select=oracle]") & (results.release == "none")]
     effort = oracle[oracle.metric == "effort_best"].sort_values("trial")
     trials = oracle[oracle.metric == "trial_score"].sort_values("trial")
@@ -209,7 +216,6 @@ def test_sweep_selects_and_records_attacker_effort(tiny_raw: dict[str, Any],
 
     # trials.csv: one row per release x sweep x trial, each cell's choice counted once
     table = sweep_trials(results)
-    sweeps = {"sweep[select=validation]", "sweep[select=oracle]"}
     cells = results[results.metric == "selected_trial"]
     table = table[table.adversary.isin(sweeps)]
     assert set(table.adversary) == sweeps and set(table.trial) == {1, 2}
@@ -221,6 +227,53 @@ def test_sweep_selects_and_records_attacker_effort(tiny_raw: dict[str, Any],
     assert row.score == pytest.approx(trials.value.iloc[1])
     report = Path(tiny_raw["output_dir"]) / "report" / "trials.csv"
     assert pd.read_csv(report).shape[0] == len(table)
+
+
+class PlantedConfig(PluginConfig):
+    trial: int = 0
+
+
+#: per planted trial: (eval score, held-out answer loss, held-out accuracy); None: diverges
+PLANTED = {1: (0.9, 2.0, 0.2),  # the best eval score: the oracle's pick
+           2: (0.3, 0.5, 0.6),  # the lowest held-out loss: validation's pick
+           3: (0.6, 1.5, 0.8),  # as many held-out answers right as 4, at a higher loss
+           4: (0.5, 1.0, 0.8),  # validation_accuracy's pick
+           5: None}             # diverged: would win every rule, never selected
+
+
+def test_each_selection_rule_picks_its_own_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oracle: the highest eval score; validation: the lowest held-out answer loss;
+    validation_accuracy: the most held-out answers right, ties by the lower loss; a diverged
+    trial never. Trials are planted: each reports fixed numbers for each signal."""
+    from nftbench.adversaries import sweep as sweep_module
+    from nftbench.train import Point, TrainResult
+
+    @register_adversary("test_planted", version="1")
+    class Planted(Adversary[PlantedConfig]):
+        def attack(self, release: Any, examples: Any, ctx: AttackContext) -> TrainResult:
+            planted = PLANTED[self.config.trial]
+            if planted is None:
+                return TrainResult(steps=1, tokens=1, flops=1.0, wall_s=0.0, diverged_at=1)
+            scores = ctx.evaluate(self.config.trial, None)  # the "model" is the trial's number
+            return TrainResult(steps=1, tokens=1, flops=1.0, wall_s=0.0, points=[
+                Point(step=1, tokens=1, flops=1.0, wall_s=0.0, peak_mem_mb=0.0, loss=0.0,
+                      scores=scores)])
+
+    monkeypatch.setattr(sweep_module, "answer_loss", lambda m, t, ex: PLANTED[m][1])
+    monkeypatch.setattr(sweep_module, "answer_accuracy", lambda m, t, ex: PLANTED[m][2])
+    examples = [{"prompt": f"q{i}", "answer": "a"} for i in range(10)]
+    picks = {}
+    for select in ("oracle", "validation", "validation_accuracy"):
+        ctx = AttackContext(seed=0, evaluate=lambda m, t: {"task": PLANTED[m][0]},
+                            budget_points=lambda steps: [steps], progress=False)
+        sweep = sweep_module.Sweep(sweep_module.SweepConfig(
+            adversary="test_planted", grid={"trial": [1, 2, 3, 4, 5]}, select=select))
+        result = sweep.attack(None, examples, ctx)
+        picks[select] = ctx.diagnostics["selected_trial"]
+        assert result.points[-1].scores["task"] == PLANTED[picks[select]][0]
+        assert [e["best_score"] for e in ctx.diagnostics["effort"]][-1] == \
+            PLANTED[picks[select]][0]
+    assert picks == {"oracle": 1, "validation": 2, "validation_accuracy": 4}
 
 
 def test_sweep_config_is_validated() -> None:

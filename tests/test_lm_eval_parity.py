@@ -423,3 +423,34 @@ def test_a_matrix_in_chat_format_tunes_and_scores_through_the_template(
     theirs = json.loads(result_file.read_text())["results"]
     assert theirs["nft_qa_color"]["acc,none"] == ours["qa_color"] > 0
     assert theirs["nft_recall_city"]["exact_match,none"] == ours["recall_city"]
+
+
+@pytest.mark.parametrize("prompt_format", ["plain", "chat"])
+def test_the_attackers_held_out_accuracy_scores_as_lm_eval_does(prompt_format: str,
+                                                                tmp_path: Path) -> None:
+    """The sweep's ``validation_accuracy`` counts an answer right by lm-eval's rule: item by
+    item, ``answer_accuracy`` agrees with lm-eval's exact match (generated) and acc (picked
+    among choices), in plain and chat format, on a model that knows half of the answers."""
+    from nftbench.adversaries.sweep import answer_accuracy
+    from nftbench.data import encode_examples, example_batches, in_prompt_format, pad_id
+    from nftbench.evaluation import Evaluator
+    from nftbench.optim import OptimConfig
+    from nftbench.train import train
+
+    chat = prompt_format == "chat"
+    tok = chat_tokenizer("BOS added")
+    tasks = FixedFacts.tasks()
+    examples = {name: t.examples("eval", None) for name, t in tasks.items()}
+    model = tiny_model(tok)
+    known = in_prompt_format(examples["gen"][:4], prompt_format)
+    train(model, example_batches(encode_examples(known, tok), 4, 0, pad_id(tok)), 150,
+          OptimConfig(lr=1e-2), progress=False)
+    theirs = Evaluator(tasks, examples, tmp_path, 8, chat=chat)(model.eval(), tok).per_item
+    for name, task_examples in examples.items():
+        ours = "".join(str(int(answer_accuracy(model, tok, [ex], batch_size=3)))
+                       for ex in in_prompt_format(task_examples, prompt_format))
+        assert ours == theirs[name], name
+        assert "0" in ours and "1" in ours, name  # not the trivial agreement of all or none
+        whole = answer_accuracy(model, tok, in_prompt_format(task_examples, prompt_format),
+                                batch_size=3)  # batches that cut through an item's choices
+        assert whole == ours.count("1") / len(ours)
