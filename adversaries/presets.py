@@ -82,7 +82,7 @@ class TarRedTeamConfig(SweepConfig):
         description="TAR's defaults: lr 2e-5, 1,000 steps, batch 64")
     grid: dict[str, list[Any]] = Field(default_factory=_tar_grid,
                                        description="6 optimizers x 4 schedules")
-    select: Literal["validation", "oracle"] = Field(
+    select: Literal["validation", "validation_accuracy", "oracle"] = Field(
         "oracle", description="the paper reports its worst adversary")
 
 
@@ -122,7 +122,7 @@ class QiLrGridConfig(SweepConfig):
         description="AdamW without weight decay, 250 steps of batch 4, cosine, 10% warm-up")
     grid: dict[str, list[Any]] = Field(default_factory=lambda: {"lr": [3e-5, 6e-5, 8e-5]},
                                        description="their learning rates")
-    select: Literal["validation", "oracle"] = Field(
+    select: Literal["validation", "validation_accuracy", "oracle"] = Field(
         "oracle", description="the worst learning rate is reported")
 
 

@@ -340,6 +340,8 @@ def test_paper_attack_presets() -> None:
             qi.weight_decay) == ("adamw", 2e-5, 1000, 64, "cosine", 100, 0.01)
     grid = ADVERSARIES.get("qi_lr_grid")
     assert [t.config.lr for t in grid(grid.Config()).trials(0)] == [3e-5, 6e-5, 8e-5]
+    for preset in (tar, grid):  # every selection rule of `sweep` is open to the presets
+        assert preset.Config(select="validation_accuracy").select == "validation_accuracy"
 
 
 def test_mixed_batches_hold_the_share_in_every_batch() -> None:
