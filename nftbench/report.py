@@ -991,8 +991,9 @@ def plot_effort(results: pd.DataFrame, folder: Path) -> list[Path]:
         "Attacker effort: the eval score of the attack each sweep adversary has selected so "
         "far, against the number of trials (left) and the training FLOPs spent on all of them "
         "(right); means over attack seeds. With oracle selection it is the best score so far; "
-        "with validation selection it can fall, when a later trial has the lower held-out "
-        "loss and the lower score. A second sweep of a release has open markers."))
+        "with validation selection (held-out answer loss or accuracy) it can fall, when the "
+        "attacker's held-out signal prefers a later trial that scores lower. Each further "
+        "sweep of a release has its own line style and open markers."))
 
 
 class RunConflict(ValueError):
