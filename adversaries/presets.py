@@ -28,12 +28,12 @@ from the papers' tables, which could not be read here.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 from nftbench.adversaries.finetune import FullFineTune, FullFineTuneConfig
-from nftbench.adversaries.sweep import Sweep, SweepConfig
+from nftbench.adversaries.sweep import Selection, Sweep, SweepConfig
 from nftbench.registry import register_adversary
 
 
@@ -82,7 +82,7 @@ class TarRedTeamConfig(SweepConfig):
         description="TAR's defaults: lr 2e-5, 1,000 steps, batch 64")
     grid: dict[str, list[Any]] = Field(default_factory=_tar_grid,
                                        description="6 optimizers x 4 schedules")
-    select: Literal["validation", "validation_accuracy", "oracle"] = Field(
+    select: Selection = Field(
         "oracle", description="the paper reports its worst adversary")
 
 
@@ -122,7 +122,7 @@ class QiLrGridConfig(SweepConfig):
         description="AdamW without weight decay, 250 steps of batch 4, cosine, 10% warm-up")
     grid: dict[str, list[Any]] = Field(default_factory=lambda: {"lr": [3e-5, 6e-5, 8e-5]},
                                        description="their learning rates")
-    select: Literal["validation", "validation_accuracy", "oracle"] = Field(
+    select: Selection = Field(
         "oracle", description="the worst learning rate is reported")
 
 

@@ -41,6 +41,9 @@ from nftbench.data import (
 from nftbench.registry import ADVERSARIES, PluginConfig, register_adversary
 from nftbench.train import TrainResult
 
+#: how a sweep picks its trial (see the module's docstring)
+Selection = Literal["validation", "validation_accuracy", "oracle"]
+
 
 class SweepConfig(PluginConfig):
     """A grid of attacks and how the best one is chosen."""
@@ -56,7 +59,7 @@ class SweepConfig(PluginConfig):
         "a mapping sets several parameters together, e.g. an optimizer with its weight decay)")
     max_trials: int | None = Field(None, ge=1, description="keep this many trials of the grid, "
                                    "drawn at random with the cell's seed (null: all)")
-    select: Literal["validation", "validation_accuracy", "oracle"] = Field(
+    select: Selection = Field(
         "validation", description="validation: lowest answer loss on held-out train data "
         "(realistic); validation_accuracy: most held-out answers right, ties by answer loss "
         "(realistic); oracle: highest eval score (an upper bound, not an attack)")
@@ -103,6 +106,15 @@ def trial_params(params: dict[str, Any], point: dict[str, Any]) -> dict[str, Any
         else:
             out[name] = value
     return out
+
+
+def held_out_split(examples: list[dict[str, Any]], fraction: float, seed: int
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, held out): a validation-selected cell's split of the attacker's examples, drawn
+    with the cell's seed; at least one example is held out."""
+    order = random.Random(seed).sample(range(len(examples)), len(examples))
+    cut = max(1, round(fraction * len(examples)))
+    return [examples[i] for i in order[cut:]], [examples[i] for i in order[:cut]]
 
 
 @torch.no_grad()
@@ -187,10 +199,7 @@ class Sweep(Adversary[SweepConfigT]):
         cfg = self.config
         train, held_out = examples, []
         if cfg.select != "oracle":
-            order = random.Random(ctx.seed).sample(range(len(examples)), len(examples))
-            cut = max(1, round(cfg.validation_fraction * len(examples)))
-            held_out = [examples[i] for i in order[:cut]]
-            train = [examples[i] for i in order[cut:]]
+            train, held_out = held_out_split(examples, cfg.validation_fraction, ctx.seed)
 
         def evaluate(model: Any, tokenizer: Any) -> dict[str, float]:
             scores = ctx.evaluate(model, tokenizer)

@@ -23,7 +23,6 @@ import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before tor
 # isort: split
 import argparse
 import json
-import random
 from pathlib import Path
 
 import pandas as pd
@@ -62,18 +61,14 @@ def main() -> None:
     ap.add_argument("--csv", type=Path, help="also write the table here")
     args = ap.parse_args()
 
-    from nftbench.adversaries.sweep import answer_accuracy
+    from nftbench.adversaries.sweep import answer_accuracy, held_out_split
 
     load_plugins()
     torch.set_num_threads(1)
     world = World(WorldConfig(seed=args.world_seed, n_entities=args.n_entities))
     task = TASKS.get(args.task)()
     train, evaluation = task.examples("train", world), task.examples("eval", world)
-    # the sweep's split for this seed (adversaries/sweep.py)
-    order = random.Random(args.seed).sample(range(len(train)), len(train))
-    cut = max(1, round(args.validation_fraction * len(train)))
-    held_out = [train[i] for i in order[:cut]]
-    trained = [train[i] for i in order[cut:]]
+    trained, held_out = held_out_split(train, args.validation_fraction, args.seed)
 
     def accuracies(model: torch.nn.Module, tokenizer: object) -> dict[str, float]:
         model.eval()
