@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -141,6 +142,20 @@ class LimitsConfig(BaseModel):
         "failed, and the matrix goes on (None: no limit)")
 
 
+class RestrictedDataConfig(BaseModel):
+    """Who reads which examples of each restricted task's train split. By default the defense
+    and the adversaries read all of it, so every example an attacker fine-tunes and validates
+    on is one the defense was trained against; a cut makes the two disjoint, as for a defender
+    who cannot know the attacker's data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    defense_share: float | None = Field(
+        None, gt=0, lt=1, description="cut each restricted task's train split in two, by "
+        "example: the defense reads this share (rounded, at least one example), the adversaries "
+        "fine-tune on the rest (null: both read all of it)")
+    seed: int = Field(0, description="seed of the cut (which examples go to the defense)")
+
+
 class PluginSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(description="registered plugin name")
@@ -181,6 +196,9 @@ class MatrixConfig(BaseModel):
         "gradient_checkpointing, compile, tf32; fields away from their defaults enter the keys "
         "of training stages")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="resource limits")
+    restricted_data: RestrictedDataConfig = Field(
+        default_factory=RestrictedDataConfig, description="whether the defense and the "
+        "adversaries share each restricted task's train split (the default) or cut it in two")
     checkpoint_every_s: float = Field(
         600, ge=0, description="seconds between checkpoints of a long stage (SOPHON's outer "
         "loop) in the store, so a killed run resumes it where it stopped; not in any key")
@@ -230,7 +248,9 @@ class MatrixData:
     split. Fingerprints (in stage keys) and item counts (in results) are computed from it."""
 
     world: World
-    examples: dict[str, dict[str, list[dict[str, Any]]]]  # task label -> split -> examples
+    #: task label -> split -> examples. With ``restricted_data.defense_share`` a restricted
+    #: task's ``train`` is the adversaries' part and ``defense`` the defense's.
+    examples: dict[str, dict[str, list[dict[str, Any]]]]
 
     @classmethod
     def load(cls, config: MatrixConfig, tasks: list[Variant]) -> tuple[MatrixData, list[str]]:
@@ -246,12 +266,33 @@ class MatrixData:
                     examples[task.label][split] = task.plugin.examples(split, world)
                 except (ValueError, KeyError, FileNotFoundError) as err:
                     errors.append(f"tasks ({task.label}), {split} split: {err}")
+            share = config.restricted_data.defense_share
+            train = examples[task.label].get("train")
+            if share is not None and task.plugin.config.role == "restricted" and train:
+                if len(train) < 2:
+                    errors.append(f"restricted_data.defense_share: task {task.label!r} has "
+                                  f"{len(train)} train example(s), too few to cut in two")
+                    continue
+                defense, attack = cut(train, share, config.restricted_data.seed)
+                examples[task.label] |= {"train": attack, "defense": defense}
         return cls(world, examples), errors
 
-    def fingerprints(self, tasks: list[Variant], include: str | None = None) -> dict[str, str]:
-        """Each task's fingerprint; ``include`` is that of the user's lm-eval task folders
-        (:func:`nftbench.evaluation.include_fingerprint`), None without any."""
-        return {t.label: t.plugin.fingerprint_of(self.examples[t.label], include) for t in tasks}
+    def fingerprints(self, tasks: list[Variant], include: str | None = None,
+                     reader: Literal["adversary", "defense"] = "adversary") -> dict[str, str]:
+        """Each task's fingerprint, of the data ``reader`` reads (they differ only for a
+        restricted task cut by ``restricted_data``); ``include`` is that of the user's lm-eval
+        task folders (:func:`nftbench.evaluation.include_fingerprint`), None without any."""
+        return {t.label: t.plugin.fingerprint_of(self.read_by(t.label, reader), include)
+                for t in tasks}
+
+    def read_by(self, label: str, reader: Literal["adversary", "defense"]
+                ) -> dict[str, list[dict[str, Any]]]:
+        """A task's splits as ``reader`` sees them: its train split is the defense's part for
+        the defense, the rest for an adversary (the whole split without a cut)."""
+        splits = self.examples[label]
+        if reader == "defense" and "defense" in splits:
+            return {**splits, "train": splits["defense"]}
+        return splits
 
     def eval_examples(self) -> dict[str, list[dict[str, Any]]]:
         """Each task's eval split, what lm-eval scores (empty for an lm-eval task by name)."""
@@ -261,6 +302,17 @@ class MatrixData:
         """Eval items behind a score (None for a task scored by an lm-eval task by name)."""
         split = self.examples.get(label, {}).get("eval")
         return None if split is None else len(split)
+
+
+def cut(examples: list[dict[str, Any]], share: float, seed: int
+        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split ``examples`` in two disjoint parts, in their original order: a seeded random
+    ``share`` of them (rounded, at least one and at most all but one) and the rest."""
+    n = len(examples)
+    k = min(max(round(share * n), 1), n - 1)
+    chosen = set(random.Random(seed).sample(range(n), k))
+    return ([ex for i, ex in enumerate(examples) if i in chosen],
+            [ex for i, ex in enumerate(examples) if i not in chosen])
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ class Runner:
         self.world = self.data.world
         self.include_fp = include_fingerprint(self.cfg.eval.include_path)
         self.task_fp = self.data.fingerprints(matrix.tasks, self.include_fp)
-        self.plan = build_plan(matrix, self.world, self.task_fp)
+        self.defense_fp = self.data.fingerprints(matrix.tasks, self.include_fp, "defense")
+        self.plan = build_plan(matrix, self.world, self.task_fp, self.defense_fp)
         self.stages: list[StageLog] = []
 
     # -- executors ---------------------------------------------------------------------------
@@ -172,6 +173,13 @@ class Runner:
         data = {"world": self.world.fingerprint, "corpus": corpus, "tasks": self.task_fp}
         if self.include_fp is not None:
             data["lm_eval_include_path"] = self.include_fp
+        cut = {label: len(splits["defense"]) for label, splits in self.data.examples.items()
+               if "defense" in splits}
+        if cut:  # restricted_data: what each side read, so a report can say it
+            data["defense_tasks"] = {k: self.defense_fp[k] for k in cut}
+            data["train_items"] = {k: {"defense": n,
+                                       "adversary": len(self.data.examples[k]["train"])}
+                                   for k, n in cut.items()}
         self.folder.write_manifest(build_manifest(
             m, outcome, data=data,
             execution={"executor": self.executor_name, "workers": self.workers,

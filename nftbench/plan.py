@@ -40,8 +40,12 @@ def base_label(seed: int) -> str:
     return f"base {seed}"
 
 
-def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Job]:
-    """Every stage of ``matrix`` in an order that respects its dependencies."""
+def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str],
+               defense_fp: dict[str, str] | None = None) -> list[Job]:
+    """Every stage of ``matrix`` in an order that respects its dependencies. ``task_fp``: each
+    task's fingerprint as the adversaries read it; ``defense_fp``: as the defenses read it,
+    where ``restricted_data`` cuts the restricted tasks' train splits (None: the same)."""
+    defense_fp = defense_fp or task_fp
     cfg = matrix.config
     spec = cfg.model
     # The prompt format changes no pre-training: it enters only the stages that fine-tune or
@@ -84,7 +88,7 @@ def build_plan(matrix: Matrix, world: World, task_fp: dict[str, str]) -> list[Jo
                        "pretrain": cfg.pretrain.key_payload(b), "threads": threads,
                        **compute}
             if d.plugin.uses_restricted_data:  # it may also read capability scores (a guard)
-                payload["restricted"] = {k: task_fp[k] for k in restricted}
+                payload["restricted"] = {k: defense_fp[k] for k in restricted}
                 payload["capability"] = {k: task_fp[k] for k in capability}
                 payload |= chat
             releases[d.label, b] = _job(

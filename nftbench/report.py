@@ -261,8 +261,27 @@ def _undefined_notes(board: pd.DataFrame) -> list[str]:
     return sorted(set(notes))
 
 
+def restricted_data_note(manifest: dict[str, Any]) -> str:
+    """The legend's sentence on who read which train examples, for a run whose
+    ``restricted_data`` cut them ("" for the default, where both read all)."""
+    cut = (manifest.get("config") or {}).get("restricted_data") or {}
+    if cut.get("defense_share") is None:
+        return ""
+    items = manifest.get("data_fingerprints", {}).get("train_items", {})
+    counts = "; ".join(f"{task}: {n['defense']} / {n['adversary']}"
+                       for task, n in sorted(items.items()))
+    return (f" Data: each restricted task's train split was cut in two (share "
+            f"{cut['defense_share']:g}, seed {cut.get('seed', 0)}): the defense read one part, "
+            "the adversaries fine-tuned (and validated) on the other, so no example an attacker "
+            "saw was seen by the defense" + (f" (examples, defense / adversary: {counts})."
+                                              if counts else "."))
+
+
 def write_tables(board: pd.DataFrame, worst: pd.DataFrame, folder: Path,
-                 cfg: ReportConfig, results: pd.DataFrame | None = None) -> list[Path]:
+                 cfg: ReportConfig, results: pd.DataFrame | None = None,
+                 data_note: str = "") -> list[Path]:
+    """leaderboard.md/.csv/.tex and the tables beside them; ``data_note`` ends the legend
+    (:func:`restricted_data_note`)."""
     table = display_table(board)
     units = (f"{int(board.n_bases.max())} bases x {int(board.n_seeds.max())} attack seeds"
              if len(board) else "no cells")
@@ -274,7 +293,7 @@ def write_tables(board: pd.DataFrame, worst: pd.DataFrame, folder: Path,
               "nothing away, 0 = no better than scratch. Steps ratio: steps to reach "
               f"{cfg.threshold:.0%} of none's final score, defended / undefended (censored at "
               "the budget). Utility: capability score / that of none. Cap. drop: the "
-              "release's capability minus that of the attacked model.")
+              "release's capability minus that of the attacked model." + data_note)
     md = ["# Leaderboard", "", legend, "", table.to_markdown(index=False, disable_numparse=True),
           ""]
     notes = _undefined_notes(board)
@@ -1096,7 +1115,8 @@ def combined_manifest(manifests: list[tuple[Path, dict[str, Any]]],
                            "seeds": seeds}
     stages = {(s["kind"], s["label"], s["key"]): s
               for _, m in reversed(manifests) for s in m.get("stages", [])}
-    return out | {"config": config, "stages": list(stages.values())}
+    data = {k: manifests[0][1][k] for k in ("data_fingerprints",) if k in manifests[0][1]}
+    return out | {"config": config, "stages": list(stages.values())} | data
 
 
 def _describe(ident: tuple[Any, ...]) -> str:
@@ -1311,7 +1331,7 @@ def _report_from(results: pd.DataFrame, manifest: dict[str, Any], folder: Path,
                  cfg: ReportConfig) -> list[Path]:
     board = leaderboard(results, cfg)
     worst = worst_case(board, cfg.epsilon)
-    paths = write_tables(board, worst, folder, cfg, results)
+    paths = write_tables(board, worst, folder, cfg, results, restricted_data_note(manifest))
     paths += plot_curves(results, folder, cfg)
     steps = rg_steps_table(results, cfg)
     if len(steps):

@@ -103,7 +103,6 @@ class StageWorker:
         self.world = self.data.world
         self.variants = {(v.kind, v.label): v for kind in ("defenses", "adversaries", "tasks")
                          for v in getattr(matrix, kind)}
-        self.task_data = self.data.examples
         self.whoami = f"{socket.gethostname()}:{os.getpid()}"
         self.wait_policy = {**nftbench.WAIT_POLICY, "runtime": openmp_runtime()}
         self._evaluator: Evaluator | None = None
@@ -123,9 +122,11 @@ class StageWorker:
                                         chat=self.cfg.model.prompt_format == "chat")
         return self._evaluator
 
-    def train_examples(self, label: str) -> list[dict[str, Any]]:
-        """A task's train split in the model's prompt format (what plugins fine-tune on)."""
-        return in_prompt_format(self.task_data[label]["train"], self.cfg.model.prompt_format)
+    def train_examples(self, label: str, reader: str = "adversary") -> list[dict[str, Any]]:
+        """A task's train split as ``reader`` (adversary or defense) reads it, in the model's
+        prompt format (what plugins fine-tune on)."""
+        return in_prompt_format(self.data.read_by(label, reader)["train"],
+                                self.cfg.model.prompt_format)
 
     def tokenizer(self, job_id: str | None) -> Any:
         if self._tokenizer is None:
@@ -251,7 +252,7 @@ class StageWorker:
         # Task data and scorers only for a defense whose key covers them (uses_restricted_data
         # puts the tasks' fingerprints in it): no defense can read what its key does not name.
         reads_tasks = variant.plugin.uses_restricted_data
-        restricted = {t.label: self.train_examples(t.label)
+        restricted = {t.label: self.train_examples(t.label, "defense")
                       for t in self.matrix.restricted_tasks} if reads_tasks else {}
         ctx = DefenseContext(spec=self.cfg.model, tokenizer=tokenizer,
                              corpus=self.corpus(tokenizer),
