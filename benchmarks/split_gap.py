@@ -13,7 +13,10 @@ held-out fifth and the eval split, before and after:
     .venv/bin/python benchmarks/split_gap.py runs/store/defend/KEY/release [...] --task qa_color
 
 A release is any release folder (a store entry's ``release/``); ``--world-seed`` and
-``--n-entities`` must be those of the run that made it.
+``--n-entities`` must be those of the run that made it. For a release built with
+``restricted_data: {defense_share: S, seed: K}`` pass ``--defense-share S --cut-seed K``: the
+attacker's split is then cut from its own part, and a ``defense`` column scores the part the
+defense trained on (examples the attacker never sees).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pandas as pd
 import torch
 
 from nftbench.api import AttackContext, Release
+from nftbench.config import cut
 from nftbench.models import ModelSpec
 from nftbench.plugins import load_plugins
 from nftbench.registry import ADVERSARIES, TASKS
@@ -58,6 +62,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--validation-fraction", type=float, default=0.2)
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--defense-share", type=float,
+                    help="the run's restricted_data.defense_share (default: no cut)")
+    ap.add_argument("--cut-seed", type=int, default=0, help="the run's restricted_data.seed")
     ap.add_argument("--csv", type=Path, help="also write the table here")
     args = ap.parse_args()
 
@@ -68,6 +75,9 @@ def main() -> None:
     world = World(WorldConfig(seed=args.world_seed, n_entities=args.n_entities))
     task = TASKS.get(args.task)()
     train, evaluation = task.examples("train", world), task.examples("eval", world)
+    defense: list = []
+    if args.defense_share is not None:  # what the run's MatrixData.load gave each side
+        defense, train = cut(train, args.defense_share, args.cut_seed)
     trained, held_out = held_out_split(train, args.validation_fraction, args.seed)
 
     def accuracies(model: torch.nn.Module, tokenizer: object) -> dict[str, float]:
@@ -76,6 +86,8 @@ def main() -> None:
             out = {"trained": answer_accuracy(model, tokenizer, trained),
                    "held_out": answer_accuracy(model, tokenizer, held_out),
                    "eval": answer_accuracy(model, tokenizer, evaluation)}
+            if defense:
+                out["defense"] = answer_accuracy(model, tokenizer, defense)
         model.train()
         return out
 
