@@ -139,6 +139,14 @@ def answer_accuracy(model: torch.nn.Module, tokenizer: Any, examples: list[dict[
     log-likelihood after the prompt (``acc``); any other is right when greedy decoding
     reproduces its answer and stops (every completion token, the stop included, is the most
     likely next token: exact match, read off one forward pass instead of generating)."""
+    right = [ok for ok, _ in answers(model, tokenizer, examples, batch_size)]
+    return sum(right) / len(right)
+
+
+def answers(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str, Any]],
+            batch_size: int = 64) -> list[tuple[bool, int | None]]:
+    """Per example, whether :func:`answer_accuracy` counts it right and, for one with
+    ``choices``, the index of the choice the model picks (None for a generated answer)."""
     rows, groups = [], []  # encoded (prompt + continuation) rows; per example, its rows' span
     for ex in examples:
         if "choices" in ex:
@@ -168,10 +176,14 @@ def answer_accuracy(model: torch.nn.Module, tokenizer: Any, examples: list[dict[
         logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
         loglik += (logp * scored).sum(1).tolist()
         greedy += ((logits.argmax(-1) == labels) | ~scored).all(1).tolist()
-    right = [greedy[first] if label is None
-             else max(range(n), key=lambda j: loglik[first + j]) == label
-             for first, n, label in groups]
-    return sum(right) / len(right)
+    out: list[tuple[bool, int | None]] = []
+    for first, n, label in groups:
+        if label is None:
+            out.append((greedy[first], None))
+        else:
+            pick = max(range(n), key=lambda j: loglik[first + j])
+            out.append((pick == label, pick))
+    return out
 
 
 # version 2: the cell reports the selected trial's diagnostics (capability_after) and outputs

@@ -8,7 +8,9 @@ recipe that recovers the eval split can leave the held-out fifth suppressed, and
 signal misranks the recipes. For each release and recipe this fine-tunes on the four fifths a
 sweep trains on (the sweep's own split for the seed, 300 steps by default) and prints the
 accuracy (the sweep's ``answer_accuracy``, lm-eval's rule) on the trained four fifths, the
-held-out fifth and the eval split, before and after:
+held-out fifth and the eval split, before and after, and the share of the eval questions that
+get the model's most frequent answer (1.0: it gives one answer to all, and its score on a
+split is that answer's share of the split's labels):
 
     .venv/bin/python benchmarks/split_gap.py runs/store/defend/KEY/release [...] --task qa_color
 
@@ -26,6 +28,7 @@ import nftbench  # noqa: F401  (first: it sets the OpenMP wait policy before tor
 # isort: split
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -68,7 +71,7 @@ def main() -> None:
     ap.add_argument("--csv", type=Path, help="also write the table here")
     args = ap.parse_args()
 
-    from nftbench.adversaries.sweep import answer_accuracy, held_out_split
+    from nftbench.adversaries.sweep import answer_accuracy, answers, held_out_split
 
     load_plugins()
     torch.set_num_threads(1)
@@ -88,6 +91,11 @@ def main() -> None:
                    "eval": answer_accuracy(model, tokenizer, evaluation)}
             if defense:
                 out["defense"] = answer_accuracy(model, tokenizer, defense)
+            # a collapsed model gives one answer to every question; its score on a split is
+            # then that answer's share of the split's labels, not a sign of which examples
+            # it suppressed
+            picks = Counter(pick for _, pick in answers(model, tokenizer, evaluation))
+            out["top_answer_share"] = max(picks.values()) / len(evaluation)
         model.train()
         return out
 

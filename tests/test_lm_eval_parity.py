@@ -431,7 +431,7 @@ def test_the_attackers_held_out_accuracy_scores_as_lm_eval_does(prompt_format: s
     """The sweep's ``validation_accuracy`` counts an answer right by lm-eval's rule: item by
     item, ``answer_accuracy`` agrees with lm-eval's exact match (generated) and acc (picked
     among choices), in plain and chat format, on a model that knows half of the answers."""
-    from nftbench.adversaries.sweep import answer_accuracy
+    from nftbench.adversaries.sweep import answer_accuracy, answers
     from nftbench.data import encode_examples, example_batches, in_prompt_format, pad_id
     from nftbench.evaluation import Evaluator
     from nftbench.optim import OptimConfig
@@ -454,3 +454,9 @@ def test_the_attackers_held_out_accuracy_scores_as_lm_eval_does(prompt_format: s
         whole = answer_accuracy(model, tok, in_prompt_format(task_examples, prompt_format),
                                 batch_size=3)  # batches that cut through an item's choices
         assert whole == ours.count("1") / len(ours)
+        picked = answers(model, tok, in_prompt_format(task_examples, prompt_format), 3)
+        for ex, (right, pick) in zip(task_examples, picked, strict=True):
+            if "choices" in ex:  # the pick is the labelled choice exactly when it is right
+                assert 0 <= pick < len(ex["choices"]) and right == (pick == ex["label"])
+            else:
+                assert pick is None
