@@ -96,7 +96,8 @@ class DefenseContext:
     corpus: torch.Tensor  # packed pre-training blocks [n, seq_len]
     pretrain: Any  # nftbench.config.PretrainConfig: the dense base's budget, to match
     base: Release | None  # the pre-trained dense base
-    restricted: dict[str, list[dict[str, Any]]]  # restricted tasks' train examples
+    #: restricted tasks' train examples (only the defense's part where restricted_data cuts them)
+    restricted: dict[str, list[dict[str, Any]]]
     release_dir: Path
     private_dir: Path
     progress: bool = True
