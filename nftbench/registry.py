@@ -90,8 +90,9 @@ class Table(Generic[E]):
     the same thing twice (a module imported again) is harmless; another thing under a taken
     name would silently shadow results, so it is an error."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._entries: dict[str, E] = {}
         self._origins: dict[str, str] = {}
         self._wheres: dict[str, str] = {}
@@ -112,7 +113,7 @@ class Table(Generic[E]):
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "(none)"
             raise UnknownPluginError(
-                f"unknown {self.kind} {name!r}; known {self.kind}s: {known}"
+                f"unknown {self.kind} {name!r}; known {self.plural}: {known}"
             ) from None
 
     def names(self) -> list[str]:
@@ -142,7 +143,7 @@ class Registry(Table[type[Plugin]]):
 
 
 DEFENSES = Registry("defense")
-ADVERSARIES = Registry("adversary")
+ADVERSARIES = Registry("adversary", "adversaries")
 TASKS = Registry("task")
 REGISTRIES = {"defense": DEFENSES, "adversary": ADVERSARIES, "task": TASKS}
 

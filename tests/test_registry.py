@@ -22,6 +22,9 @@ def test_unknown_plugin_lists_known_ones() -> None:
         DEFENSES.get("nonee")
     msg = str(err.value)
     assert msg.startswith("unknown defense 'nonee'; known defenses:") and "none" in msg
+    with pytest.raises(UnknownPluginError) as err:
+        ADVERSARIES.get("full_fft")
+    assert str(err.value).startswith("unknown adversary 'full_fft'; known adversaries:")
 
 
 def test_two_classes_under_one_name_is_an_error() -> None:
