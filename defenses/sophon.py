@@ -41,6 +41,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -425,6 +426,36 @@ class Sophon(Defense[SophonConfig]):
         stats["capability_end"] = self.capability(ctx, model, tokenizer)
         ctx.save_release(model)
         (ctx.private_dir / STATS_FILE).write_text(json.dumps(stats, indent=1))
+
+    def build_log(self, private_dir: Path) -> list[dict[str, Any]]:
+        """The run's trajectory from ``sophon_stats.json``: the capability at the start and at
+        every guard check (with the guard it was held to), each outer step's suppression loss
+        on the task it suppressed, and the probe fine-tunes' scores every ``test_every``."""
+        stats_file = private_dir / STATS_FILE
+        if not stats_file.exists():
+            return []
+        stats = json.loads(stats_file.read_text())
+        guard = stats["config"].get("guard")
+        rows: list[dict[str, Any]] = []
+
+        def capability(step: int, value: float | None) -> None:
+            if value is None:  # no capability tasks in the matrix
+                return
+            rows.append({"step": step, "metric": "capability", "value": value})
+            if guard is not None:
+                rows.append({"step": step, "metric": "capability:threshold", "value": guard})
+
+        capability(0, stats.get("capability_start"))
+        for entry in stats["log"]:
+            step = entry["step"]
+            rows.append({"step": step, "metric": "suppression_loss",
+                         "value": entry["suppression_loss"], "task": entry["task"]})
+            if "capability" in entry:
+                capability(step, entry["capability"])
+            for task, score in (entry.get("test_finetune") or {}).items():
+                rows.append({"step": step, "metric": "probe_score", "value": score,
+                             "task": task})
+        return rows
 
     @staticmethod
     def capability(ctx: DefenseContext, model: PreTrainedModel,

@@ -88,6 +88,15 @@ class Defense(Plugin[ConfigT]):
         matches it). Stored with the attack's curve; the default measures nothing."""
         return {}
 
+    def build_log(self, private_dir: Path) -> list[dict[str, Any]]:
+        """How this release was built, step by step, read from its private artifacts: rows of
+        ``step``, ``metric``, ``value`` and, where a row concerns one task, ``task`` (SOPHON:
+        the capability at every guard check, the suppression loss, its probe fine-tunes'
+        scores). The run's results table keeps them (role ``defense``) and the report plots
+        each metric against the step; a metric ``<m>:threshold`` is drawn dashed in ``<m>``'s
+        panel (SOPHON's guard). The default logs nothing."""
+        return []
+
 
 @dataclass
 class DefenseContext:

@@ -189,9 +189,17 @@ class Runner:
     def collect(self, logs: dict[str, StageLog]) -> pd.DataFrame:
         """The tidy results table, read from the store entries of the finished stages."""
         rows: list[dict[str, Any]] = []
+        plugins = {d.label: d.plugin for d in self.matrix.defenses}
         for job in self.plan:
             ok = logs[job.id].status == "ok"
-            if job.kind == "utility" and ok:
+            if job.kind == "defend" and ok:  # how the release was built, if it says
+                private = self.store.path(job.kind, job.key) / "private"
+                rows += [row(release=job.args["defense"], base=job.args["base_seed"],
+                             adversary="-", task=r.get("task", "-"), role="defense",
+                             seed=None, step=r["step"], metric=r["metric"],
+                             value=float(r["value"]))
+                         for r in plugins[job.args["defense"]].build_log(private)]
+            elif job.kind == "utility" and ok:
                 entry = self.store.path(job.kind, job.key)
                 scores = read_json(entry / "scores.json")
                 items = read_json(entry / "items.json") if (entry / "items.json").exists() \

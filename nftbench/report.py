@@ -1015,6 +1015,64 @@ def plot_effort(results: pd.DataFrame, folder: Path) -> list[Path]:
         "sweep of a release has its own line style and open markers."))
 
 
+THRESHOLD = ":threshold"  # a build-log metric drawn as a dashed line in another's panel
+LOG_FIRST = ("capability", "probe_score", "suppression_loss")  # the panels' order, then a-z
+
+
+def plot_build_log(results: pd.DataFrame, folder: Path) -> list[Path]:
+    """(g) How each release was built (``Defense.build_log``: SOPHON's capability at its guard
+    checks, probe fine-tune scores and suppression loss): one panel per metric against the
+    defense's step; a colour per release, a line style per base, a marker per task where a
+    release logs several; the log's rows in build_log.csv."""
+    log = results[results.role == "defense"]
+    if log.empty:
+        return []
+    csv = folder / "build_log.csv"
+    log[["release", "base", "task", "step", "metric", "value"]].to_csv(csv, index=False)
+    metrics = [m for m in dict.fromkeys(log.metric) if not m.endswith(THRESHOLD)]
+    metrics.sort(key=lambda m: (LOG_FIRST.index(m) if m in LOG_FIRST else len(LOG_FIRST), m))
+    style = release_styles(results)
+    bases = sorted(log.base.dropna().unique())
+    dashes = {b: LINESTYLES[i % len(LINESTYLES)] for i, b in enumerate(bases)}
+    tasks = [t for t in dict.fromkeys(log.task) if t != "-"]
+    marks = {t: MARKERS[i % len(MARKERS)] for i, t in enumerate(tasks)} if len(tasks) > 1 \
+        else {}
+    fig, axes = figure_grid(len(metrics), sharey=False)
+    for ax, metric in zip(axes, metrics, strict=True):
+        for (release, base, task), g in log[log.metric == metric].groupby(
+                ["release", "base", "task"], dropna=False):
+            g = g.sort_values("step")  # raw: a smoothed guard reading could hide its dip
+            ax.plot(g.step, g.value, color=style[release].color, linestyle=dashes.get(base, "-"),
+                    linewidth=0.8, alpha=0.85, marker=marks.get(task),
+                    markersize=3, markevery=max(1, len(g) // 8))
+        for value in sorted(log[log.metric == metric + THRESHOLD].value.unique()):
+            ax.axhline(value, color=SCRATCH_COLOR, linewidth=1.6, alpha=0.5,
+                       label="threshold")
+        values = log[log.metric.isin([metric, metric + THRESHOLD])].value
+        if values.between(0, 1).all():  # a score: on its whole scale, so noise looks its size
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("defense step")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+    for release in dict.fromkeys(log.release):  # the legend keys: colour, style, marker
+        axes[0].plot([], [], color=style[release].color, linewidth=1.2, label=release)
+    for b in bases if len(bases) > 1 else ():
+        axes[0].plot([], [], color="black", linestyle=dashes[b], linewidth=0.8,
+                     label=f"base {b}")
+    for t, m in marks.items():
+        axes[0].plot([], [], color="black", linestyle="none", marker=m, markersize=3,
+                     label=f"task {t}")
+    legend_below(fig, axes)
+    return [csv, *save_figure(fig, folder, "build_log", caption=(
+        "How each release was built, from its defense's own log: every metric it records "
+        f"against the defense's step, a colour per release and a line style per base "
+        f"({_count(len(bases), 'base')})" + (", a marker per task" if marks else "") + "." + (
+            " SOPHON records its capability (mean score on the capability tasks) at every "
+            "guard check, with the guard it must stay above as a grey line, the score of its "
+            "probe fine-tune of each restricted task, and its suppression loss on the task it "
+            "suppressed at each outer step." if "suppression_loss" in metrics else "")))]
+
+
 class RunConflict(ValueError):
     """Runs that cannot share one report: a row name means a different stage in each."""
 
@@ -1036,11 +1094,15 @@ def stage_identities(plan: dict[str, Any]) -> dict[tuple[Any, ...], str]:
         elif job["kind"] == "utility":
             out[_identity("utility", job["args"]["release_label"], job["args"]["base"])] = \
                 job["key"]
+        elif job["kind"] == "defend":
+            out[_identity("defend", job["args"]["defense"], job["args"]["base_seed"])] = \
+                job["key"]
     return out
 
 
 def _row_identities(results: pd.DataFrame) -> list[tuple[Any, ...]]:
-    return [_identity("utility", r.release, r.base) if r.role == "capability" else
+    kinds = {"capability": "utility", "defense": "defend"}  # rows of a release, not a cell
+    return [_identity(kinds[r.role], r.release, r.base) if r.role in kinds else
             _identity("attack", r.release, r.base, r.adversary, r.task, int(r.seed),
                       bool(r.authorized))
             for r in results.itertuples()]
@@ -1124,6 +1186,8 @@ def _describe(ident: tuple[Any, ...]) -> str:
     where = release if base is None else f"{release} / base {base}"
     if kind == "utility":
         return f"the utility of {where}"
+    if kind == "defend":
+        return f"the release {where}"
     adversary, task, seed, owner = rest
     return f"{'owner ' if owner else ''}{adversary} > {where} / {task} / seed {seed}"
 
@@ -1342,6 +1406,7 @@ def _report_from(results: pd.DataFrame, manifest: dict[str, Any], folder: Path,
     paths += plot_sweeps(board, manifest, folder, cfg)
     paths += plot_variance_components(variance_components(results), results, folder)
     paths += plot_effort(results, folder)
+    paths += plot_build_log(results, folder)
     trials = sweep_trials(results, cfg.level)
     if len(trials):
         trials.to_csv(folder / "trials.csv", index=False)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from nftbench.defenses.sophon import (
 from nftbench.engine import Runner
 from nftbench.models import ModelSpec, TinyLlamaConfig, init_model, save_release, train_tokenizer
 from nftbench.registry import TASKS
+from nftbench.report import combine_runs, write_report
 from nftbench.world import World, WorldConfig
 
 SPEC = ModelSpec(tiny=TinyLlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -187,6 +189,15 @@ def test_guard_restores_the_last_weights_that_passed(tiny, tmp_path: Path) -> No
     for name in base:
         assert torch.equal(guarded[name], after_one[name]), name
     assert any(not torch.equal(guarded[n], base[n]) for n in base)  # step 1 did change it
+    # the build log the report plots: every guard reading, the one that failed included
+    rows = Sophon().build_log(tmp_path / "guarded" / "private")
+    readings = [(r["step"], r["value"]) for r in rows if r["metric"] == "capability"]
+    assert readings == [(0, 1.0)] + [(e["step"], e["capability"]) for e in stats["log"]
+                                     if "capability" in e]
+    assert readings[-1] == (2, pytest.approx(0.1))
+    assert {r["value"] for r in rows if r["metric"] == "capability:threshold"} == {0.5}
+    assert [r["step"] for r in rows if r["metric"] == "suppression_loss"] == [1, 2]
+    assert Sophon().build_log(tmp_path / "nowhere") == []
 
 
 def test_suppression_lowers_its_loss_and_logs_every_outer_step(tiny, tmp_path: Path) -> None:
@@ -263,6 +274,21 @@ def test_matrix_with_sophon_and_a_held_out_task(tiny_raw, tmp_path: Path) -> Non
     log = json.loads(stats.read_text())["log"]
     assert set(log[0]["test_finetune"]) == {"qa_city", "qa_color"}  # held-out one too
     assert "capability" in log[0]
+    # the build log reaches the results table (role defense) and the report
+    built = r[r.role == "defense"]
+    assert set(built.release) == {"sophon"}
+    assert set(built.metric) == {"capability", "capability:threshold", "suppression_loss",
+                                 "probe_score"}
+    assert set(built[built.metric == "probe_score"].task) == {"qa_city", "qa_color"}
+    assert sorted(built[built.metric == "suppression_loss"].step) == [1, 2]
+    run = Path(tiny_raw["output_dir"])
+    write_report(run)
+    report = run / "report"
+    assert (report / "build_log.png").exists() and (report / "build_log.caption.txt").exists()
+    assert len(pd.read_csv(report / "build_log.csv")) == len(built)
+    assert "build_log" in (report / "figures.tex").read_text()
+    combined, _ = combine_runs([run, run])  # the same release's log appears once
+    assert len(combined[combined.role == "defense"]) == len(built)
     bad = dict(tiny_raw, defenses=[{"name": "sophon", "params": {"tasks": ["qa_pet"]}}],
                output_dir=str(tmp_path / "bad"))
     with pytest.raises(ConfigError, match=r"defenses \(sophon\): params.tasks names \['qa_pet'\]"):
