@@ -40,8 +40,9 @@ from nftbench.run_folder import RunFolder
 
 
 def budgets(run_dir: Path) -> dict[str, dict[str, int]]:
-    """Defense label -> its inner steps (K), outer steps and their product, from the plan (a
-    published folder's is re-made from its manifest)."""
+    """Defense label -> its inner steps (K), outer steps, their product and its suppression
+    weight (alpha; None: the default, 1), from the plan (a published folder's is re-made from
+    its manifest)."""
     plan = RunFolder(run_dir).stage_plan()
     out = {}
     for job in plan["jobs"]:
@@ -51,7 +52,8 @@ def budgets(run_dir: Path) -> dict[str, dict[str, int]]:
         params = job["payload"].get("params", {})
         k, outer = params.get("inner_steps"), params.get("outer_steps")
         if k and outer:
-            out[label] = {"K": int(k), "outer": int(outer), "inner_total": int(k) * int(outer)}
+            out[label] = {"K": int(k), "outer": int(outer), "inner_total": int(k) * int(outer),
+                          "alpha": params.get("alpha")}
     return out
 
 
@@ -78,7 +80,9 @@ def ladder(run_dir: Path, task: str, level: float) -> pd.DataFrame:
 def _short(row: pd.Series, most_bases: int) -> str:
     """A release's label, with its number of bases where it has fewer than the others."""
     n = int(row.bases)
-    return f"K {row.K} x {row.outer}" + ("" if n == most_bases else
+    alpha = row.get("alpha")
+    strength = "" if alpha is None or alpha != alpha or alpha == 1 else f", alpha {alpha:g}"
+    return f"K {row.K} x {row.outer}{strength}" + ("" if n == most_bases else
                                          f"\n({n} base{'s' if n > 1 else ''})")
 
 
@@ -87,8 +91,11 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
     adversaries = sorted(table.adversary.unique())
     fig, axes = figure_grid(len(adversaries), height=2.4, sharey=False)
     col = f"steps_to_rg_{level:g}"
+    # a release the attack finds already recovered (RG at step 0 at the level: SOPHON's guard
+    # gave the base back) held for no time at all; it stays in ladder.csv, named in the caption
+    unsuppressed = table[col] == 0
     for ax, adversary in zip(axes, adversaries, strict=True):
-        t = table[table.adversary == adversary]
+        t = table[(table.adversary == adversary) & ~unsuppressed]
         for censored, marker in ((False, "o"), (True, "^")):
             g = t[t.censored == censored]
             ax.scatter(g.inner_total, g[col], marker=marker, s=40,
@@ -99,8 +106,11 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
         # other at about the same attack length get theirs centred, the upper (or the right,
         # at equal lengths) above and the other below, so that no two labels meet
         span = 1.15 * budgets[adversary]
-        points = list(zip(t.inner_total, t[col], strict=True))
+        labels: dict[tuple[float, float], list[str]] = {}  # releases on one point share a label
         for x, y, (_, r) in zip(t.inner_total, t[col], t.iterrows(), strict=True):
+            labels.setdefault((x, y), []).append(_short(r, int(table.bases.max())))
+        points = list(labels)
+        for (x, y), names in labels.items():
             partners = [(x2, y2) for x2, y2 in points if (x2, y2) != (x, y)
                         and abs(np.log10(x2 / x)) <= 0.5 and abs(y2 - y) < 0.15 * span]
             if not partners:
@@ -109,7 +119,7 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
                 offset, ha, va = (0, 6), "center", "bottom"
             else:
                 offset, ha, va = (0, -6), "center", "top"
-            ax.annotate(_short(r, int(table.bases.max())), (x, y), fontsize=7,
+            ax.annotate("\n".join(names), (x, y), fontsize=7,
                         xytext=offset, textcoords="offset points", ha=ha, va=va)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -127,7 +137,11 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
         f"(K inner steps x outer steps), the first attack budget point where mean RG reaches "
         f"{level:g} (filled), or the attack's whole budget when it never does (open: censored, "
         f"the defense held). Means over up to {table.bases.max()} bases x {table.seeds.max()} "
-        f"attack seeds; a release on fewer bases says how many."))
+        f"attack seeds; a release on fewer bases says how many." + (
+            " Not drawn, as RG is at the level before any attack (never suppressed): "
+            + ", ".join(sorted({_short(r, int(table.bases.max()))
+                                for _, r in table[unsuppressed].iterrows()})) + "."
+            if unsuppressed.any() else "")))
 
 
 def main() -> None:
