@@ -231,6 +231,29 @@ class PMP(Defense[PMPConfigT]):
         """The ticket against the attack: a guessed mask's IoU, the update's share on it."""
         return mask_attack_diagnostics(load_mask(private_dir / MASK_FILE), outcome)
 
+    def build_log(self, private_dir: Path) -> list[dict[str, Any]]:
+        """From ``pmp_stats.json``: Stage I's IoU of consecutive masks at each step (with the
+        early-bird threshold), Stage II's training loss and the complement's norm, each on
+        its own stage's steps."""
+        stats_file = private_dir / STATS_FILE
+        if not stats_file.exists():
+            return []
+        stats = json.loads(stats_file.read_text())
+        rows: list[dict[str, Any]] = []
+        stage1 = stats.get("stage1")
+        if stage1:  # a mask is checked after every step; IoU from the second check on
+            for i, iou in enumerate(stage1["iou"]):
+                rows += [{"step": i + 2, "metric": "stage1_mask_iou", "value": iou},
+                         {"step": i + 2, "metric": "stage1_mask_iou:threshold",
+                          "value": stats["config"]["eb_iou"]}]
+        stage2 = stats.get("stage2", {})
+        every = max(1, stage2.get("steps", 0) // 200)  # the losses kept: every ``every``-th
+        rows += [{"step": i * every + 1, "metric": "stage2_loss", "value": loss}
+                 for i, loss in enumerate(stage2.get("losses", []))]
+        rows += [{"step": step, "metric": "stage2_complement_norm", "value": norm}
+                 for step, norm in stage2.get("complement_norm", [])]
+        return rows
+
     def authorize(self, private_dir: Path) -> Callable[[PreTrainedModel], Authorization]:
         """The owner's tuning: only the ticket's elements move, the complement stays as
         released (its gradients zeroed, and weight decay undone on it)."""

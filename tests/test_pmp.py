@@ -79,6 +79,11 @@ def test_projected_complement_respects_the_radius(data, tmp_path: Path) -> None:
     assert init_norm ** 0.5 > 1.0  # so the projection really shrank it
     stats = json.loads((private / STATS_FILE).read_text())
     assert stats["stage2"]["complement_norm"][0][1] == pytest.approx(init_norm ** 0.5, rel=1e-4)
+    log = PMP().build_log(private)
+    norms = [(r["step"], r["value"]) for r in log if r["metric"] == "stage2_complement_norm"]
+    assert norms == [tuple(p) for p in stats["stage2"]["complement_norm"]]
+    losses = [r for r in log if r["metric"] == "stage2_loss"]
+    assert [r["step"] for r in losses] == list(range(1, PRE.steps + 1))  # 12 steps: all kept
 
 
 def test_rewind_is_exact_and_stage_one_is_recorded(data, tmp_path: Path) -> None:
@@ -91,6 +96,11 @@ def test_rewind_is_exact_and_stage_one_is_recorded(data, tmp_path: Path) -> None
     stage1 = json.loads((private / STATS_FILE).read_text())["stage1"]
     assert stage1["early_bird"] and stage1["stopped_at"] == 3  # IoU rule fired after 2 checks
     assert len(stage1["iou"]) == 2
+    log = PMP().build_log(private)  # what the report's build_log figure draws
+    assert [(r["step"], r["value"]) for r in log if r["metric"] == "stage1_mask_iou"] == \
+        [(2, stage1["iou"][0]), (3, stage1["iou"][1])]
+    assert {r["value"] for r in log if r["metric"] == "stage1_mask_iou:threshold"} == {1e-9}
+    assert not [r for r in log if r["metric"] == "stage2_loss"]  # no Stage II steps
 
 
 def test_release_holds_no_mask_and_random_ablation(data, tmp_path: Path) -> None:
