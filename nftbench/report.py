@@ -1070,7 +1070,11 @@ def plot_build_log(results: pd.DataFrame, folder: Path) -> list[Path]:
             " SOPHON records its capability (mean score on the capability tasks) at every "
             "guard check, with the guard it must stay above as a grey line, the score of its "
             "probe fine-tune of each restricted task, and its suppression loss on the task it "
-            "suppressed at each outer step." if "suppression_loss" in metrics else "")))]
+            "suppressed at each outer step." if "suppression_loss" in metrics else "") + (
+            " PMP records Stage I's IoU of consecutive masks, with the early-bird threshold "
+            "(met for eb_patience checks in a row, Stage I stops) as a grey line, then Stage "
+            "II's loss and the norm of the complement (constant when it is frozen), each on "
+            "its own stage's steps." if "stage1_mask_iou" in metrics else "")))]
 
 
 class RunConflict(ValueError):
