@@ -1209,9 +1209,16 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> lis
 def write_combined_report(run_dirs: Sequence[str | Path], out: str | Path,
                           cfg: ReportConfig = ReportConfig()) -> list[Path]:
     """One report of several runs (:func:`combine_runs`) in ``out``, with the combined
-    results table and manifest beside it (``out/results.csv``, ``out/manifest.json``)."""
-    results, manifest = combine_runs(run_dirs)
+    results table and manifest beside it (``out/results.csv``, ``out/manifest.json``). A
+    published folder given as its own ``out`` is re-rendered where it is, its results table
+    and manifest left as they are (a combined manifest would drop its run's timings)."""
     out = Path(out)
+    if len(run_dirs) == 1 and out.resolve() == Path(run_dirs[0]).resolve():
+        results = RunFolder(out).read_results()
+        manifest_file = out / "manifest.json"
+        manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+        return report_from(results, manifest, out, cfg)
+    results, manifest = combine_runs(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / "results.csv", index=False)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))

@@ -369,6 +369,12 @@ def test_shards_by_base_combine_into_the_report_of_the_whole_matrix(
     assert made == whole_made  # the same stages as the one run of both bases
     assert len(RunFolder(out).stage_plan()["jobs"]) == len(made)  # and it re-plans
 
+    # a published folder re-rendered in place keeps its own results table and manifest
+    kept = {name: (published / name).read_bytes() for name in ("results.csv", "manifest.json")}
+    assert main(["report", str(published), "-o", str(published)]) == 0
+    assert {name: (published / name).read_bytes() for name in kept} == kept
+    pd.testing.assert_frame_equal(board(published), board(first / "report"))
+
     recorded = json.loads((published / "manifest.json").read_text())
     recorded["stages"][-1]["key"] = "0" * 24  # a stage today's code would key otherwise
     (published / "manifest.json").write_text(json.dumps(recorded))
