@@ -93,8 +93,8 @@ class Defense(Plugin[ConfigT]):
         ``step``, ``metric``, ``value`` and, where a row concerns one task, ``task`` (SOPHON:
         the capability at every guard check, the suppression loss, its probe fine-tunes'
         scores). The run's results table keeps them (role ``defense``) and the report plots
-        each metric against the step; a metric ``<m>:threshold`` is drawn dashed in ``<m>``'s
-        panel (SOPHON's guard). The default logs nothing."""
+        each metric against the step; a metric ``<m>:threshold`` is drawn as a grey line in
+        ``<m>``'s panel (SOPHON's guard). The default logs nothing."""
         return []
 
 
