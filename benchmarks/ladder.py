@@ -40,9 +40,9 @@ from nftbench.run_folder import RunFolder
 
 
 def budgets(run_dir: Path) -> dict[str, dict[str, int]]:
-    """Defense label -> its inner steps (K), outer steps, their product and its suppression
-    weight (alpha; None: the default, 1), from the plan (a published folder's is re-made from
-    its manifest)."""
+    """Defense label -> its inner steps (K), outer steps, their product, its suppression
+    weight (alpha; None: the default, 1) and its preset (None: the default, ``paper``), from
+    the plan (a published folder's is re-made from its manifest)."""
     plan = RunFolder(run_dir).stage_plan()
     out = {}
     for job in plan["jobs"]:
@@ -53,7 +53,7 @@ def budgets(run_dir: Path) -> dict[str, dict[str, int]]:
         k, outer = params.get("inner_steps"), params.get("outer_steps")
         if k and outer:
             out[label] = {"K": int(k), "outer": int(outer), "inner_total": int(k) * int(outer),
-                          "alpha": params.get("alpha")}
+                          "alpha": params.get("alpha"), "preset": params.get("preset")}
     return out
 
 
@@ -82,7 +82,10 @@ def _short(row: pd.Series, most_bases: int) -> str:
     n = int(row.bases)
     alpha = row.get("alpha")
     strength = "" if alpha is None or alpha != alpha or alpha == 1 else f", alpha {alpha:g}"
-    return f"K {row.K} x {row.outer}{strength}" + ("" if n == most_bases else
+    preset = row.get("preset")
+    # the authors' code preset (one SGD strategy) is not the paper's strategy set at equal K
+    variant = "" if not isinstance(preset, str) or preset == "paper" else f", {preset}"
+    return f"K {row.K} x {row.outer}{strength}{variant}" + ("" if n == most_bases else
                                          f"\n({n} base{'s' if n > 1 else ''})")
 
 
@@ -102,18 +105,30 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
                        facecolors="none" if censored else "C0", edgecolors="C0",
                        label="held for the whole attack (censored)" if censored
                        else f"RG reached {level:g}")
-        # a label right of its point and above it; two points within half a decade of each
+        # a label right of its point and above it; near the top, where the title is, centred
+        # below it, a level lower than its left neighbour's when they are within a decade and
+        # a half (a label is about a decade wide); two points within half a decade of each
         # other at about the same attack length get theirs centred, the upper (or the right,
         # at equal lengths) above and the other below, so that no two labels meet
         span = 1.15 * budgets[adversary]
         labels: dict[tuple[float, float], list[str]] = {}  # releases on one point share a label
-        for x, y, (_, r) in zip(t.inner_total, t[col], t.iterrows(), strict=True):
+        for x, y, (_, r) in sorted(zip(t.inner_total, t[col], t.iterrows(), strict=True),
+                                   key=lambda p: p[0]):
             labels.setdefault((x, y), []).append(_short(r, int(table.bases.max())))
         points = list(labels)
+        # the last top label: its x, depth (points below the line) and number of lines
+        top_left: tuple[float, float, int] | None = None
         for (x, y), names in labels.items():
             partners = [(x2, y2) for x2, y2 in points if (x2, y2) != (x, y)
                         and abs(np.log10(x2 / x)) <= 0.5 and abs(y2 - y) < 0.15 * span]
-            if not partners:
+            lines = sum(name.count("\n") + 1 for name in names)
+            if not partners and y > 0.75 * budgets[adversary]:
+                depth = 6.0
+                if top_left and np.log10(x / top_left[0]) < 1.5 and top_left[1] == 6.0:
+                    depth = 6.0 + 8.5 * top_left[2]  # 7-point text: lines 8.5 points apart
+                top_left = (x, depth, lines)
+                offset, ha, va = (0, -depth), "center", "top"
+            elif not partners:
                 offset, ha, va = (5, 3), "left", "bottom"
             elif all(y > y2 or (y == y2 and x > x2) for x2, y2 in partners):
                 offset, ha, va = (0, 6), "center", "bottom"
