@@ -134,6 +134,8 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
                 offset, ha, va = (0, 6), "center", "bottom"
             else:
                 offset, ha, va = (0, -6), "center", "top"
+                if y > 0.75 * budgets[adversary]:  # a top label too: the next one steps down
+                    top_left = (x, 6.0, lines)
             ax.annotate("\n".join(names), (x, y), fontsize=7,
                         xytext=offset, textcoords="offset points", ha=ha, va=va)
         ax.set_xscale("log")
