@@ -1002,6 +1002,14 @@ def plot_effort(results: pd.DataFrame, folder: Path) -> list[Path]:
     axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[1].set_xlabel("training FLOPs spent on all trials")
     axes[1].set_xscale("log")
+    lo, hi = axes[1].get_xlim()
+    if hi > 10 * lo:  # past a decade, labelled minor ticks (3x10^12 4x10^12 ...) run together:
+        # label 1 and 3 x each power of ten instead (only the powers past three decades)
+        subs = (1.0, 3.0) if hi < 1000 * lo else (1.0,)
+        axes[1].xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=subs))
+        axes[1].xaxis.set_major_formatter(
+            matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
+        axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].set_ylabel("selected attack's score")
     for ax in axes:
         ax.grid(alpha=0.3)
