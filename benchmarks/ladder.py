@@ -109,7 +109,8 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
         # below it, a level lower than its left neighbour's when they are within a decade and
         # a half (a label is about a decade wide); two points within half a decade of each
         # other at about the same attack length get theirs centred, the upper (or the right,
-        # at equal lengths) above and the other below, so that no two labels meet
+        # at equal lengths) above and the other below, so that no two labels meet (near the
+        # top, the one below counts as the left neighbour of the next top label)
         span = 1.15 * budgets[adversary]
         labels: dict[tuple[float, float], list[str]] = {}  # releases on one point share a label
         for x, y, (_, r) in sorted(zip(t.inner_total, t[col], t.iterrows(), strict=True),
@@ -134,7 +135,7 @@ def plot(table: pd.DataFrame, level: float, task: str, path: Path,
                 offset, ha, va = (0, 6), "center", "bottom"
             else:
                 offset, ha, va = (0, -6), "center", "top"
-                if y > 0.75 * budgets[adversary]:  # a top label too: the next one steps down
+                if y > 0.75 * budgets[adversary]:
                     top_left = (x, 6.0, lines)
             ax.annotate("\n".join(names), (x, y), fontsize=7,
                         xytext=offset, textcoords="offset points", ha=ha, va=va)
